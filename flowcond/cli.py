@@ -1,0 +1,57 @@
+"""The ``flowcond`` command group. Commands live in ``cli_*.py`` modules, one topic each."""
+
+from __future__ import annotations
+
+import click
+
+from . import plugins
+from .errors import FlowcondError
+
+
+class _Group(click.Group):
+    """Prints flowcond errors as one line (no traceback) and reports broken plugins on stderr."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FlowcondError as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            for err in plugins.load_errors:
+                click.echo(f"warning: {err}", err=True)
+            plugins.load_errors.clear()
+
+
+def _load_plugins_dir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    for folder in value:
+        try:
+            plugins.load_plugins_dir(folder)
+        except FlowcondError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="flowcond")
+@click.option(
+    "--plugins-dir",
+    multiple=True,
+    type=click.Path(),
+    expose_value=False,
+    is_eager=True,
+    callback=_load_plugins_dir,
+    help="Folder of *.py plugin files to load (repeatable).",
+)
+def cli() -> None:
+    """flowcond: make a frozen, pretrained Glow controllable (CAGlow)."""
+
+
+def _add_commands() -> None:
+    from . import cli_backbone, cli_heads, cli_plugins
+
+    for module in (cli_backbone, cli_plugins, cli_heads):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    plugins.call_hook("register_commands", cli=cli)
+
+
+_add_commands()

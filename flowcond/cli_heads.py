@@ -1,0 +1,3 @@
+"""Commands that attach heads to a backbone and generate with them."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""`flowcond plugins`: list installed plugins and what they register."""
+
+COMMANDS: list = []

@@ -1,0 +1,45 @@
+"""The backbone's configuration: one pydantic model, stored in every backbone file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BackboneConfig(BaseModel):
+    """Shape of a multi-scale Glow ``N x K`` (levels x steps per level)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: int = Field(1, ge=1, description="image channels C")
+    height: int = Field(32, ge=2, description="image height H")
+    width: int = Field(32, ge=2, description="image width W")
+    levels: int = Field(3, ge=1, le=8, description="N: number of levels (squeeze + K steps + split)")
+    steps: int = Field(10, ge=1, description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
+    hidden: int = Field(128, ge=1, description="hidden channels of each coupling network")
+    n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
+    coupling: Literal["affine", "additive"] = "affine"
+    lu: bool = Field(True, description="LU-parametrized invertible 1x1 convolutions")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_divisible(self) -> BackboneConfig:
+        f = 2**self.levels
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v % f:
+                raise ValueError(
+                    f"{name}={v} must be divisible by 2**levels={f} (levels={self.levels}); "
+                    f"pad or resize the images, or use fewer levels"
+                )
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def dim(self) -> int:
+        """Number of dimensions D of an image (and of its latent)."""
+        return self.channels * self.height * self.width

@@ -1,0 +1,90 @@
+"""Datasets: images in [0, 1] plus labels described by a label schema.
+
+Loaders are registered by plugins (hook ``register_datasets``); the built-in ones live in
+``plugins/datasets.py``. Labels are always held in memory as whole tensors (cheap even for CelebA),
+images may be loaded lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import ConfigError
+
+LabelKind = Literal["categorical", "binary", "continuous"]
+
+
+@dataclass
+class LabelField:
+    """One label of a dataset: ``categorical`` (LongTensor (N,)), ``binary`` (float (N, size) in
+    {0, 1}) or ``continuous`` (float (N, size))."""
+
+    name: str
+    kind: LabelKind
+    size: int
+    names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ImageDataset(Dataset):
+    """Images in [0, 1] of shape ``(C, H, W)``, labels ``{field: tensor}`` and their schema.
+
+    ``images`` is either a tensor ``(N, C, H, W)`` or a callable ``index -> (C, H, W)`` for lazy
+    loading (then ``image_shape`` must be given). Items are ``(image, {field: label})``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor | Callable[[int], torch.Tensor],
+        labels: dict[str, torch.Tensor],
+        schema: list[LabelField],
+        spec: dict[str, Any],
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.schema = {f.name: f for f in schema}
+        self.spec = spec
+        if isinstance(images, torch.Tensor):
+            self._n = images.shape[0]
+            self.image_shape = tuple(images.shape[1:])
+        else:
+            if image_shape is None:
+                raise ValueError("image_shape is required for lazily loaded images")
+            self._n = len(next(iter(labels.values())))
+            self.image_shape = tuple(image_shape)
+        for name, t in labels.items():
+            if len(t) != self._n:
+                raise ValueError(f"label {name!r} has {len(t)} rows for {self._n} images")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img = self.images[i] if isinstance(self.images, torch.Tensor) else self.images(i)
+        return img, {k: v[i] for k, v in self.labels.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.spec, "size": len(self), "image_shape": list(self.image_shape),
+                "labels": [f.to_dict() for f in self.schema.values()]}
+
+
+def load_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
+                 **options: Any) -> ImageDataset:
+    """Load a registered dataset by name (``flowcond plugins`` lists them)."""
+    from .plugins import datasets
+
+    registry = datasets()
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {known}")
+    if split not in ("train", "test"):
+        raise ConfigError(f"dataset split must be 'train' or 'test', got {split!r}")
+    return registry[name].obj(split=split, root=root, download=download, **options)

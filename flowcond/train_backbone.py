@@ -1,0 +1,203 @@
+"""Stage 1 (paper Eq. 9): maximum-likelihood training of the Glow backbone, with exact resume.
+
+Reads top to bottom: load data, build or resume, loop over epochs (uniform dequantization, warmup,
+gradient clipping, non-finite batches skipped and counted), evaluate test bits/dim, checkpoint
+atomically each epoch, then write the frozen backbone and a sample grid.
+
+Every epoch draws its shuffling and dequantization noise from a generator seeded by
+``(seed, epoch)``, so a run resumed from an epoch checkpoint is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from . import safefile
+from .backbone import Backbone
+from .config import BackboneConfig
+from .datasets import ImageDataset, load_dataset
+from .errors import ConfigError, FlowcondError
+
+CHECKPOINT_KIND = "backbone-checkpoint"
+
+
+class TrainConfig(BaseModel):
+    """Options of ``flowcond train-backbone``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "mnist5k"
+    root: str | None = None
+    download: bool = False
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamax", "adam"] = "adamax"
+    warmup: int = Field(200, ge=0, description="linear learning-rate warmup steps")
+    clip: float = Field(50.0, gt=0, description="gradient norm clip")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    seed: int = 0
+    out: str = "backbone.safetensors"
+    resume: bool = False
+    progress: bool = True
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+
+
+def _batches(ds: ImageDataset, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if isinstance(ds.images, torch.Tensor):
+            yield ds.images[idx]
+        else:
+            yield torch.stack([ds[int(i)][0] for i in idx])
+
+
+@torch.no_grad()
+def evaluate_bpd(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
+    """Mean test bits/dim with uniform dequantization noise from a fixed generator."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    total, n = 0.0, 0
+    for x in _batches(ds, batch_size, torch.arange(len(ds))):
+        noise = torch.rand(x.shape, generator=g)
+        bpd = model.bits_per_dim(x.to(model.device), noise.to(model.device))
+        total += float(bpd.sum())
+        n += len(x)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
+
+
+def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.flow.state_dict().items()}
+    opt_sd = opt.state_dict()
+    for idx, st in opt_sd["state"].items():
+        for key, val in st.items():
+            tensors[f"optim.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    header = {"kind": CHECKPOINT_KIND, "param_groups": opt_sd["param_groups"], **state}
+    safefile.write(path, tensors, header)
+
+
+def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    tensors, header = safefile.read(path, CHECKPOINT_KIND)
+    model.flow.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+    return header
+
+
+def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
+    """Train a backbone; returns the frozen model and a summary (also stored in its file header)."""
+    train = load_dataset(cfg.dataset, "train", root=cfg.root, download=cfg.download)
+    test = load_dataset(cfg.dataset, "test", root=cfg.root, download=cfg.download)
+    if tuple(train.image_shape) != bcfg.image_shape:
+        raise ConfigError(
+            f"dataset {cfg.dataset!r} has images {tuple(train.image_shape)}, the backbone config "
+            f"expects {bcfg.image_shape}"
+        )
+    torch.manual_seed(cfg.seed)
+    model = Backbone(bcfg)
+    opt = _make_optimizer(model, cfg)
+    ckpt = checkpoint_path(cfg.out)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
+    if cfg.resume and ckpt.exists():
+        header = _load_checkpoint(ckpt, model, opt)
+        state = {k: header[k] for k in state}
+    else:
+        g0 = torch.Generator().manual_seed(cfg.seed)
+        first = torch.randperm(len(train), generator=g0)[: max(cfg.batch_size, 256)]
+        model.initialize(next(_batches(train, len(first), first)))
+
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    model.train()
+    for epoch in range(state["epoch"], cfg.epochs):
+        if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+            break
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train), generator=g)
+        bar = tqdm(_batches(train, cfg.batch_size, order), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        skipped_epoch, losses = 0, []
+        for x in bar:
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                break
+            noise = torch.rand(x.shape, generator=g)
+            lr = cfg.lr * min(1.0, (state["step"] + 1) / max(cfg.warmup, 1))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = model.bits_per_dim(x.to(model.device), noise.to(model.device)).mean()
+            if not torch.isfinite(loss):
+                skipped_epoch += 1
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            if not torch.isfinite(grad_norm):
+                skipped_epoch += 1
+                opt.zero_grad(set_to_none=True)
+                continue
+            opt.step()
+            state["step"] += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(bpd=f"{float(loss):.3f}", lr=f"{lr:.1e}")
+        if steps_per_epoch and skipped_epoch > steps_per_epoch // 2:
+            raise FlowcondError(
+                f"training diverged in epoch {epoch + 1}: {skipped_epoch} non-finite batches; "
+                f"lower --lr or raise --warmup; the last good checkpoint is {ckpt}"
+            )
+        state["skipped"] += skipped_epoch
+        state["train_seconds"] += time.perf_counter() - t0
+        test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
+        train_bpd = sum(losses) / max(len(losses), 1)
+        state["history"].append({"epoch": epoch + 1, "train_bpd": train_bpd, "test_bpd": test_bpd,
+                                 "skipped": skipped_epoch})
+        state["epoch"] = epoch + 1
+        tqdm.write(f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} bits/dim"
+                       + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else ""))
+        _save_checkpoint(ckpt, model, opt, {**state, "train_config": cfg.model_dump(),
+                                            "config": bcfg.model_dump()})
+
+    model.freeze()
+    test_bpd = state["history"][-1]["test_bpd"] if state["history"] else evaluate_bpd(model, test, seed=cfg.seed)
+    summary = {
+        "dataset": test.spec | {"split": "train"},
+        "test_bits_per_dim": test_bpd,
+        "training": {"epochs": state["epoch"], "steps": state["step"], "skipped_batches": state["skipped"],
+                     "seconds": round(state["train_seconds"], 1), "batch_size": cfg.batch_size,
+                     "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed},
+        "history": state["history"],
+    }
+    model.save(cfg.out, **summary)
+    return model, summary
+
+
+def save_sample_grid(model: Backbone, path: str | Path, n: int = 64, temperature: float = 0.7,
+                     seed: int = 0) -> None:
+    """Write an ``n``-image sample grid PNG at ``temperature`` (atomic)."""
+    from .images import save_grid
+
+    with torch.no_grad():
+        x = model.sample(n, temperature, generator=torch.Generator().manual_seed(seed))
+    save_grid(x, path, nrow=int(math.sqrt(n)))
