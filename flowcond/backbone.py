@@ -25,6 +25,7 @@ from torch import nn
 from . import safefile
 from .config import BackboneConfig
 from .errors import FileFormatError
+from .fastflow import FastGlow, supported
 
 KIND = "backbone"
 
@@ -59,7 +60,7 @@ def _build_flow(cfg: BackboneConfig) -> nf.MultiscaleFlow:
 
 
 class Backbone(nn.Module):
-    """A multi-scale Glow ``F`` with exact, deterministic ``encode``/``decode`` of images in [0, 1]."""
+    """A multi-scale Glow ``F``: exact, deterministic ``encode``/``decode`` of images in [0, 1]."""
 
     def __init__(self, config: BackboneConfig, metadata: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -68,6 +69,11 @@ class Backbone(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.flow = _build_flow(config)
+        #: Use the channels-last fast path (:mod:`flowcond.fastflow`) for image -> latent; set to
+        #: ``False`` for normflows' own ``inverse_and_log_det`` (the reference; same results up to
+        #: float rounding, and the weights are the same either way).
+        self.fast = True
+        self._fast = FastGlow(self.flow) if supported(self.flow) else None
         self.latent_shapes: list[tuple[int, int, int]] = [tuple(q.shape) for q in self.flow.q0]
         C, H, W = config.image_shape
         f = 2**config.levels
@@ -91,7 +97,8 @@ class Backbone(nn.Module):
     @property
     def initialized(self) -> bool:
         """Whether every ActNorm has seen data (or was loaded from a file)."""
-        return all(bool(m.data_dep_init_done > 0) for m in self.modules() if isinstance(m, nf.flows.ActNorm))
+        return all(bool(m.data_dep_init_done > 0)
+                   for m in self.modules() if isinstance(m, nf.flows.ActNorm))
 
     # ---------------------------------------------------- image <-> flow input
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +116,7 @@ class Backbone(nn.Module):
         return (self.quantize(x) + u) / self.bins - 0.5
 
     def postprocess(self, y: torch.Tensor) -> torch.Tensor:
-        """Flow input -> images in [0, 1] (inverse of :meth:`preprocess` with fixed dequantization)."""
+        """Flow input -> images in [0, 1] (inverse of :meth:`preprocess`, fixed dequantization)."""
         return (((y + 0.5) * self.bins - 0.5) / (self.bins - 1)).clamp(0, 1)
 
     def _check_images(self, x: torch.Tensor) -> None:
@@ -132,9 +139,12 @@ class Backbone(nn.Module):
 
     def split_levels(self, z: torch.Tensor) -> list[torch.Tensor]:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"expected a flat latent of shape (B, {self.latent_dim}), got {tuple(z.shape)}")
+            raise ValueError(
+                f"expected a flat latent of shape (B, {self.latent_dim}), got {tuple(z.shape)}"
+            )
         sizes = [math.prod(s) for s in self.latent_shapes]
-        return [c.reshape(z.shape[0], *s) for c, s in zip(torch.split(z, sizes, dim=1), self.latent_shapes)]
+        chunks = torch.split(z, sizes, dim=1)
+        return [c.reshape(z.shape[0], *s) for c, s in zip(chunks, self.latent_shapes, strict=True)]
 
     def standardize(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         out = []
@@ -175,34 +185,52 @@ class Backbone(nn.Module):
         return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------ encode / decode
-    def encode_levels(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Flow input -> (raw per-level latents, log|det dz/dy|). Gradients flow if enabled."""
+    def _inverse(
+        self, y: torch.Tensor, log_det: bool = True
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         self._require_initialized()
+        if self.fast and self._fast is not None:
+            return self._fast.inverse_and_log_det(y, log_det=log_det)
         return self.flow.inverse_and_log_det(y)
 
+    def encode_levels(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Flow input -> (raw per-level latents, log|det dz/dy|). Gradients flow if enabled."""
+        levels, log_det = self._inverse(y, log_det=True)
+        return levels, log_det
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] ``(B, C, H, W)`` -> standardized flat latents ``(B, D)`` (deterministic)."""
-        levels, _ = self.encode_levels(self.preprocess(x))
+        """Images in [0, 1] ``(B, C, H, W)`` -> standardized flat latents ``(B, D)``, deterministic.
+
+        With a frozen backbone (or under ``torch.no_grad``) this runs the cached, folded fast
+        path; wrap calls in ``torch.inference_mode()`` for bulk encoding.
+        """
+        levels, _ = self._inverse(self.preprocess(x), log_det=False)
         return self.flatten_levels(self.standardize(levels))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardized flat latents ``(B, D)`` -> images in [0, 1]. Exact inverse of :meth:`encode`."""
+        """Standardized flat latents ``(B, D)`` -> images in [0, 1]; inverse of :meth:`encode`."""
         self._require_initialized()
         levels = self.unstandardize(self.split_levels(z))
-        y, _ = self.flow.forward_and_log_det(levels)
+        y = None
+        if self.fast and self._fast is not None:
+            y = self._fast.forward(levels)  # None when gradients are needed
+        if y is None:
+            y, _ = self.flow.forward_and_log_det(levels)
         return self.postprocess(y)
 
-    def sample(self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images from the prior at ``temperature`` (the standard deviation of the latent)."""
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device) * temperature
         return self.decode(z)
 
     # -------------------------------------------------------- likelihood
     def log_prob_input(self, y: torch.Tensor) -> torch.Tensor:
-        """log-density of flow inputs ``y``: ``sum_levels log p(z_level) + log|det|`` (per sample)."""
+        """log-density of flow inputs ``y``: ``sum_level log p(z_level) + log|det|``, per sample."""
         levels, log_det = self.encode_levels(y)
         log_p = log_det
-        for q, z in zip(self.flow.q0, levels):
+        for q, z in zip(self.flow.q0, levels, strict=True):
             log_p = log_p + q.log_prob(z)
         return log_p
 
@@ -223,8 +251,9 @@ class Backbone(nn.Module):
     def _require_initialized(self) -> None:
         if not self.initialized:
             raise RuntimeError(
-                "the backbone's ActNorm layers are not initialized: call Backbone.initialize(x) with a "
-                "real data batch (training does this) or load a trained backbone with Backbone.load()"
+                "the backbone's ActNorm layers are not initialized: call Backbone.initialize(x) "
+                "with a real data batch (training does this) or load a trained backbone with "
+                "Backbone.load()"
             )
 
     # ------------------------------------------------------------ files
@@ -240,40 +269,54 @@ class Backbone(nn.Module):
 
     @property
     def content_hash(self) -> str:
-        """SHA-256 of the weights: identifies this backbone (heads files and latent caches name it)."""
+        """SHA-256 of the weights: identifies this backbone (heads files and latent caches)."""
         return safefile.content_hash(self.flow.state_dict())
 
     def save(self, path: str | os.PathLike, **metadata: Any) -> str:
-        """Write weights + config (+ ``metadata``, e.g. dataset and bits/dim) atomically; returns the hash."""
+        """Write weights + config (+ ``metadata``: dataset, bits/dim) atomically; return the hash.
+
+        ``metadata`` cannot override ``kind``, ``config``, ``content_hash`` or ``format_version``.
+        """
         weights = self.weights()
         digest = safefile.content_hash(weights)
         meta = {**self.metadata, **metadata}
-        header = {"kind": KIND, "config": self.config.model_dump(), "content_hash": digest, **meta}
+        header = {**meta, "kind": KIND, "config": self.config.model_dump(), "content_hash": digest}
         safefile.write(path, weights, header)
         self.metadata = meta
         return digest
 
     @classmethod
     def read_config(cls, path: str | os.PathLike) -> tuple[BackboneConfig, dict[str, Any]]:
-        """Validate a backbone file's header and return its config and header, without the weights."""
+        """Validate a backbone file's header; return its config and header (no weights read)."""
         header = safefile.read_header(path, KIND)
+        if "config" not in header:
+            raise FileFormatError(path, "backbone header has no config")
         try:
             config = BackboneConfig(**header["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FileFormatError(path, f"invalid backbone config in header: {_one_line(e)}") from None
+        except (TypeError, ValueError) as e:
+            raise FileFormatError(
+                path, f"invalid backbone config in header: {_one_line(e)}"
+            ) from None
+        if not isinstance(header.get("content_hash"), str):
+            raise FileFormatError(path, "backbone header has no content hash")
         return config, header
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", frozen: bool = True) -> Backbone:
-        """Validate, build and load a backbone file. Frozen (eval, no grad) unless ``frozen=False``."""
+    def load(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", frozen: bool = True
+    ) -> Backbone:
+        """Validate, build and load a backbone file; frozen (eval, no grad) by default."""
         config, header = cls.read_config(path)
         tensors, _ = safefile.read(path, KIND)
-        meta = {k: v for k, v in header.items() if k not in ("kind", "config", "content_hash", "format_version")}
+        reserved = ("kind", "config", "content_hash", "format_version")
+        meta = {k: v for k, v in header.items() if k not in reserved}
         model = cls(config, metadata=meta)
         try:
             model.flow.load_state_dict(tensors, strict=True)
         except RuntimeError as e:
-            raise FileFormatError(path, f"weights do not match the config: {_one_line(e)}") from None
+            raise FileFormatError(
+                path, f"weights do not match the config: {_one_line(e)}"
+            ) from None
         model.to(map_location)
         return model.freeze() if frozen else model
 

@@ -25,9 +25,11 @@ class _Group(click.Group):
 def _load_plugins_dir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
     for folder in value:
         try:
-            plugins.load_plugins_dir(folder)
+            names = plugins.load_plugins_dir(folder)
         except FlowcondError as e:
             raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+        # commands of folder plugins: the group is still parsing, so they can be added now
+        plugins.call_hook("register_commands", only=names, cli=ctx.command)
 
 
 @click.group(cls=_Group)
@@ -46,9 +48,9 @@ def cli() -> None:
 
 
 def _add_commands() -> None:
-    from . import cli_backbone, cli_heads, cli_plugins
+    from . import cli_backbone, cli_evaluator, cli_heads, cli_plugins
 
-    for module in (cli_backbone, cli_plugins, cli_heads):
+    for module in (cli_backbone, cli_plugins, cli_heads, cli_evaluator):
         for command in module.COMMANDS:
             cli.add_command(command)
     plugins.call_hook("register_commands", cli=cli)

@@ -17,36 +17,47 @@ from .train_backbone import TrainConfig, save_sample_grid, train_backbone
 
 
 def _config_error(e: ValidationError) -> ConfigError:
-    msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+    msgs = "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
+    )
     return ConfigError(f"invalid configuration: {msgs}")
 
 
 @click.command("train-backbone")
 @click.option("--dataset", default="mnist5k", show_default=True, help="Registered dataset name.")
-@click.option("--root", default=None, help="Data folder for on-disk datasets (mnist, celeba, folder).")
+@click.option("--root", default=None,
+              help="Data folder for on-disk datasets (mnist, celeba, folder).")
 @click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
 @click.option("--levels", default=3, show_default=True, help="N: levels of the multi-scale Glow.")
 @click.option("--steps", default=10, show_default=True, help="K: Glow steps per level.")
-@click.option("--hidden", default=128, show_default=True, help="Hidden channels of coupling networks.")
+@click.option("--hidden", default=128, show_default=True,
+              help="Hidden channels of coupling networks.")
 @click.option("--n-bits", default=8, show_default=True, help="Bits per colour channel modelled.")
-@click.option("--coupling", type=click.Choice(["affine", "additive"]), default="affine", show_default=True)
-@click.option("--lu/--no-lu", default=True, show_default=True, help="LU-parametrized 1x1 convolutions.")
+@click.option("--coupling", type=click.Choice(["affine", "additive"]), default="affine",
+              show_default=True)
+@click.option("--lu/--no-lu", default=True, show_default=True,
+              help="LU-parametrized 1x1 convolutions.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adamax", "adam"]), default="adamax", show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamax", "adam"]), default="adamax",
+              show_default=True)
 @click.option("--warmup", default=200, show_default=True, help="Linear learning-rate warmup steps.")
 @click.option("--clip", default=50.0, show_default=True, help="Gradient-norm clip.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint (OUT.ckpt.safetensors).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT's checkpoint (OUT.ckpt.safetensors).")
+@click.option("--fast/--no-fast", default=True, show_default=True,
+              help="Channels-last fast path (same model and file; --no-fast: plain normflows).")
 @click.option("--samples", type=click.Path(), default=None,
               help="Sample grid PNG to write at the end [default: OUT with .png].")
-@click.option("--out", type=click.Path(), required=True, help="Backbone file to write (.safetensors).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Backbone file to write (.safetensors).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, coupling, lu, epochs,
-                       batch_size, lr, optimizer, warmup, clip, max_steps, seed, resume, samples, out,
-                       quiet):
+def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, coupling, lu,
+                       epochs, batch_size, lr, optimizer, warmup, clip, max_steps, seed, resume,
+                       fast, samples, out, quiet):
     """Train a multi-scale Glow backbone by maximum likelihood (stage 1)."""
     shape = load_dataset(dataset, "train", root=root, download=download).image_shape
     try:
@@ -54,8 +65,9 @@ def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, c
                               steps=steps, hidden=hidden, n_bits=n_bits, coupling=coupling, lu=lu,
                               seed=seed)
         tcfg = TrainConfig(dataset=dataset, root=root, download=download, epochs=epochs,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup, clip=clip,
-                           max_steps=max_steps, seed=seed, out=out, resume=resume, progress=not quiet)
+                           batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup,
+                           clip=clip, max_steps=max_steps, seed=seed, out=out, resume=resume,
+                           progress=not quiet, fast=fast)
     except ValidationError as e:
         raise _config_error(e) from None
     model, summary = train_backbone(bcfg, tcfg)

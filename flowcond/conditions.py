@@ -38,29 +38,56 @@ class ConditionKind(ABC):
     #: form of a ``--condition`` value, shown in parse errors, e.g. ``"ids=3"``
     value_help: ClassVar[str] = ""
 
-    def __init__(self, options: BaseModel | dict[str, Any] | None, state: dict[str, Any]) -> None:
+    def __init__(
+        self, options: BaseModel | dict[str, Any] | None, state: dict[str, Any] | None = None
+    ) -> None:
         self.options = self.parse_options(options)
-        self.state_dict_ = dict(state)
+        self.state_dict_ = dict(state or {})
 
     # ----------------------------------------------------------- construction
     @classmethod
     def parse_options(cls, options: BaseModel | dict[str, Any] | None) -> BaseModel:
+        """Validate options (a dict, or an ``Options`` instance); ConfigError naming the plugin."""
         if isinstance(options, cls.Options):
             return options
+        if isinstance(options, BaseModel):
+            options = options.model_dump()
         try:
             return cls.Options(**(options or {}))
         except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"condition plugin {cls.name!r}: invalid options: {msgs}") from None
+            msgs = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
+                for err in e.errors()
+            )
+            fields = ", ".join(cls.Options.model_fields) or "none"
+            raise ConfigError(
+                f"condition plugin {cls.name!r}: invalid options: {msgs} (its options: {fields})"
+            ) from None
 
     @classmethod
     @abstractmethod
-    def from_dataset(cls, options: BaseModel | dict[str, Any] | None, dataset: Any) -> ConditionKind:
+    def from_dataset(
+        cls, options: BaseModel | dict[str, Any] | None, dataset: Any
+    ) -> ConditionKind:
         """Resolve options against a dataset (``flowcond.datasets.ImageDataset``) and its labels."""
 
     def state(self) -> dict[str, Any]:
         """JSON-serializable facts needed to rebuild this kind without the dataset."""
         return dict(self.state_dict_)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind", "options", "state"}``, JSON-serializable; :meth:`from_dict` rebuilds it."""
+        options = self.options.model_dump(mode="json")
+        return {"kind": self.name, "options": options, "state": self.state()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConditionKind:
+        """Rebuild a kind from :meth:`to_dict` output (without the dataset)."""
+        if data.get("kind", cls.name) != cls.name:
+            raise ConfigError(
+                f"condition plugin {cls.name!r} cannot load a {data['kind']!r} condition"
+            )
+        return cls(data.get("options"), data.get("state"))
 
     # ---------------------------------------------------------------- targets
     @property
@@ -70,6 +97,7 @@ class ConditionKind(ABC):
 
     @property
     def target_dtype(self) -> torch.dtype:
+        """dtype of targets: ``torch.long`` for class ids, ``torch.float32`` (default) otherwise."""
         return torch.float32
 
     def targets(self, labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -121,9 +149,15 @@ class ConditionKind(ABC):
         return {}
 
     def parse_error(self, value: str, why: str) -> ConfigError:
+        """The ConfigError to raise for a malformed ``--condition`` value: names the plugin, the
+        problem and the accepted form (:attr:`value_help`)."""
+        expected = self.value_help or f"{self.name}=VALUE"
         return ConfigError(
-            f"condition plugin {self.name!r}: cannot parse {value!r} ({why}); expected {self.value_help}"
+            f"condition plugin {self.name!r}: cannot parse {value!r} ({why}); expected {expected}"
         )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r}, state keys={sorted(self.state_dict_)})"
 
 
 class _Float(nn.Module):
@@ -135,3 +169,39 @@ class _Float(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return t.float().reshape(t.shape[0], self.width)
+
+
+class OneHot(nn.Module):
+    """Input module for class ids: ``(B,)`` long -> one-hot ``(B, classes)`` float."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(t.long().reshape(-1), self.classes).float()
+
+
+def label_field(plugin: str, dataset: Any, kind: str, field: str | None = None) -> Any:
+    """The dataset's label field ``field`` (a ``flowcond.datasets.LabelField``) of kind ``kind``
+    (``categorical``, ``binary`` or ``continuous``); without ``field``, the first of that kind.
+
+    Raises ConfigError naming the plugin, the dataset's fields and the accepted ones.
+    """
+    schema = getattr(dataset, "schema", None) or {}
+    spec = getattr(dataset, "spec", None) or {}
+    where = f"dataset {spec['name']!r}" if "name" in spec else "the dataset"
+    fitting = [f.name for f in schema.values() if f.kind == kind]
+    listing = ", ".join(f"{f.name} ({f.kind})" for f in schema.values()) or "none"
+    if field is None:
+        if not fitting:
+            raise ConfigError(
+                f"condition plugin {plugin!r} needs a {kind} label field; {where} has: {listing}"
+            )
+        return schema[fitting[0]]
+    if field not in schema or schema[field].kind != kind:
+        raise ConfigError(
+            f"condition plugin {plugin!r}: field={field!r} is not a {kind} label field of {where}; "
+            f"choose one of: {', '.join(fitting) or 'none'} (its labels: {listing})"
+        )
+    return schema[field]

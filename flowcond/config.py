@@ -15,8 +15,10 @@ class BackboneConfig(BaseModel):
     channels: int = Field(1, ge=1, description="image channels C")
     height: int = Field(32, ge=2, description="image height H")
     width: int = Field(32, ge=2, description="image width W")
-    levels: int = Field(3, ge=1, le=8, description="N: number of levels (squeeze + K steps + split)")
-    steps: int = Field(10, ge=1, description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
+    levels: int = Field(3, ge=1, le=8,
+                        description="N: number of levels (squeeze + K steps + split)")
+    steps: int = Field(10, ge=1,
+                       description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
     hidden: int = Field(128, ge=1, description="hidden channels of each coupling network")
     n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
     coupling: Literal["affine", "additive"] = "affine"

@@ -24,10 +24,17 @@ from .errors import FileFormatError
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` in sorted name order."""
+    """SHA-256 over names, dtypes, element counts and bytes of ``tensors`` in sorted name order.
+
+    The shape hashed is the flattened one (``(numel,)``): that is how every file written so far
+    was hashed, so it stays. Full shapes are checked when the weights are loaded into the model
+    the config builds (``load_state_dict(strict=True)``).
+    """
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
@@ -36,16 +43,25 @@ def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: dict[str, Any]) -> None:
-    """Write ``tensors`` plus the JSON ``header`` atomically (temp file in the same folder + rename)."""
+def write(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: dict[str, Any]
+) -> None:
+    """Write ``tensors`` plus the JSON ``header`` atomically (temp file in the same folder, rename).
+
+    ``format_version`` is always this flowcond's; ``header`` cannot override it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format_version": FORMAT_VERSION, **header}
+    header = {"format_version": FORMAT_VERSION,
+              **{k: v for k, v in header.items() if k != "format_version"}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"flowcond": json.dumps(header)})
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,57 +77,87 @@ def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, A
     """
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError(path, "no such file")
+        raise FileFormatError(path, "no such file" if not path.exists() else "not a regular file")
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise FileFormatError(path, "not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
-            raise FileFormatError(path, _not_safetensors_reason(head))
-        raw = f.read(n)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise FileFormatError(path, f"not a safetensors file (only {len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n == 0 or n > _MAX_HEADER:
+                raise FileFormatError(path, _not_safetensors_reason(head))
+            if 8 + n > size:
+                if head[:2] == b"PK" or head[:1] == b"\x80":
+                    raise FileFormatError(path, _not_safetensors_reason(head))
+                raise FileFormatError(
+                    path, f"truncated: {size} bytes, the safetensors header alone needs {8 + n}"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise FileFormatError(path, f"cannot be read ({e.strerror or e})") from None
     try:
         meta = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise FileFormatError(path, "not a safetensors file (header is not JSON)") from None
     if not isinstance(meta, dict):
         raise FileFormatError(path, "not a safetensors file (header is not a JSON object)")
-    ends = [v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__" and isinstance(v, dict)
-            and "data_offsets" in v]
-    if 8 + n + max(ends, default=0) > size:
-        raise FileFormatError(path, f"truncated: {size} bytes, header promises {8 + n + max(ends)}")
-    info = (meta.get("__metadata__") or {}).get("flowcond")
+    end = 0
+    for name, entry in meta.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and o >= 0 for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise FileFormatError(path, f"corrupted safetensors header (entry {name!r})")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise FileFormatError(path, f"truncated: {size} bytes, the header promises {8 + n + end}")
+    extra = meta.get("__metadata__")
+    info = extra.get("flowcond") if isinstance(extra, dict) else None
     if info is None:
-        raise FileFormatError(path, "safetensors file without a flowcond header (not written by flowcond)")
+        raise FileFormatError(
+            path, "safetensors file without a flowcond header (not written by flowcond)"
+        )
     try:
         header = json.loads(info)
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         raise FileFormatError(path, "corrupted flowcond header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(path, "corrupted flowcond header (not a JSON object)")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise FileFormatError(
-            path, f"format version {version!r} is not supported (this flowcond reads {FORMAT_VERSION})"
+            path,
+            f"format version {version!r} is not supported (this flowcond reads {FORMAT_VERSION})",
         )
     if kind is not None and header.get("kind") != kind:
         raise FileFormatError(path, f"is a {header.get('kind')!r} file, expected a {kind!r} file")
     return header
 
 
-def read(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read(
+    path: str | os.PathLike, kind: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Validate the header, then load the tensors; checks the stored content hash if present."""
     header = read_header(path, kind)
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FileFormatError(path, f"corrupted tensor data ({e})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FileFormatError(path, f"corrupted tensor data ({_one_line(e)})") from None
     expected = header.get("content_hash")
     if expected is not None and content_hash(tensors) != expected:
         raise FileFormatError(path, "content hash mismatch: the weights are corrupted")
     return tensors, header
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
 def _not_safetensors_reason(head: bytes) -> str:
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head[:2] == b"PK":
-        return "not a safetensors file (looks like a pickle/torch.save file; flowcond never unpickles)"
+        return ("not a safetensors file (looks like a pickle/torch.save file; "
+                "flowcond never unpickles)")
     return "not a safetensors file (bad header length: truncated or another format)"

@@ -24,7 +24,7 @@ from . import safefile
 from .backbone import Backbone
 from .config import BackboneConfig
 from .datasets import ImageDataset, load_dataset
-from .errors import ConfigError, FlowcondError
+from .errors import ConfigError, FileFormatError, FlowcondError
 
 CHECKPOINT_KIND = "backbone-checkpoint"
 
@@ -48,6 +48,8 @@ class TrainConfig(BaseModel):
     out: str = "backbone.safetensors"
     resume: bool = False
     progress: bool = True
+    fast: bool = Field(True, description="channels-last fast path (flowcond.fastflow); "
+                                         "False: normflows' own code (same model, slower)")
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -85,7 +87,8 @@ def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
 
 
-def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
+                     state: dict[str, Any]) -> None:
     tensors = {f"model.{k}": v for k, v in model.flow.state_dict().items()}
     opt_sd = opt.state_dict()
     for idx, st in opt_sd["state"].items():
@@ -95,16 +98,59 @@ def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer, st
     safefile.write(path, tensors, header)
 
 
-def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
+                     bcfg: BackboneConfig, cfg: TrainConfig) -> dict[str, Any]:
     tensors, header = safefile.read(path, CHECKPOINT_KIND)
-    model.flow.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+    if header.get("config") != bcfg.model_dump():
+        raise ConfigError(
+            f"{path}: the checkpoint was written for backbone config {header.get('config')}, "
+            f"not {bcfg.model_dump()}; resume with the same options or choose another --out"
+        )
+    old_train = header.get("train_config") or {}
+    for key in ("dataset", "batch_size", "seed", "optimizer"):
+        if key in old_train and old_train[key] != getattr(cfg, key):
+            raise ConfigError(
+                f"{path}: the checkpoint was trained with {key}={old_train[key]!r}, not "
+                f"{getattr(cfg, key)!r}; resume with the same value or choose another --out"
+            )
+    try:
+        model.flow.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                state.setdefault(int(idx), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+        needed = ("epoch", "step", "skipped", "history", "train_seconds")
+        missing = [k for k in needed if k not in header]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        problem = " ".join(str(e).split())[:300]
+        raise FileFormatError(path, f"invalid checkpoint: {problem}") from None
     return header
+
+
+def train_step(model: Backbone, opt: torch.optim.Optimizer, x: torch.Tensor, noise: torch.Tensor,
+               lr: float, clip: float) -> float | None:
+    """One maximum-likelihood step on images ``x`` with dequantization ``noise``.
+
+    Returns the batch's mean bits/dim, or ``None`` when the loss or the gradient is not finite
+    (then nothing is updated).
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model.bits_per_dim(x, noise).mean()
+    if not torch.isfinite(loss):
+        return None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if not torch.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        return None
+    opt.step()
+    return float(loss.detach())
 
 
 def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
@@ -118,11 +164,13 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
         )
     torch.manual_seed(cfg.seed)
     model = Backbone(bcfg)
+    model.fast = cfg.fast
     opt = _make_optimizer(model, cfg)
     ckpt = checkpoint_path(cfg.out)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [],
+                             "train_seconds": 0.0}
     if cfg.resume and ckpt.exists():
-        header = _load_checkpoint(ckpt, model, opt)
+        header = _load_checkpoint(ckpt, model, opt, bcfg, cfg)
         state = {k: header[k] for k in state}
     else:
         g0 = torch.Generator().manual_seed(cfg.seed)
@@ -145,28 +193,15 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
                 break
             noise = torch.rand(x.shape, generator=g)
             lr = cfg.lr * min(1.0, (state["step"] + 1) / max(cfg.warmup, 1))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = model.bits_per_dim(x.to(model.device), noise.to(model.device)).mean()
-            if not torch.isfinite(loss):
+            loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip)
+            if loss is None:
                 skipped_epoch += 1
+                if skipped_epoch > steps_per_epoch // 2:
+                    raise FlowcondError(_diverged(epoch, skipped_epoch, ckpt))
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            if not torch.isfinite(grad_norm):
-                skipped_epoch += 1
-                opt.zero_grad(set_to_none=True)
-                continue
-            opt.step()
             state["step"] += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(bpd=f"{float(loss):.3f}", lr=f"{lr:.1e}")
-        if steps_per_epoch and skipped_epoch > steps_per_epoch // 2:
-            raise FlowcondError(
-                f"training diverged in epoch {epoch + 1}: {skipped_epoch} non-finite batches; "
-                f"lower --lr or raise --warmup; the last good checkpoint is {ckpt}"
-            )
+            losses.append(loss)
+            bar.set_postfix(bpd=f"{loss:.3f}", lr=f"{lr:.1e}")
         state["skipped"] += skipped_epoch
         state["train_seconds"] += time.perf_counter() - t0
         test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
@@ -174,23 +209,35 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
         state["history"].append({"epoch": epoch + 1, "train_bpd": train_bpd, "test_bpd": test_bpd,
                                  "skipped": skipped_epoch})
         state["epoch"] = epoch + 1
-        tqdm.write(f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} bits/dim"
-                       + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else ""))
+        tqdm.write(f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} "
+                   "bits/dim"
+                   + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else ""))
         _save_checkpoint(ckpt, model, opt, {**state, "train_config": cfg.model_dump(),
                                             "config": bcfg.model_dump()})
 
     model.freeze()
-    test_bpd = state["history"][-1]["test_bpd"] if state["history"] else evaluate_bpd(model, test, seed=cfg.seed)
+    if state["history"]:
+        test_bpd = state["history"][-1]["test_bpd"]
+    else:
+        test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
     summary = {
         "dataset": test.spec | {"split": "train"},
         "test_bits_per_dim": test_bpd,
-        "training": {"epochs": state["epoch"], "steps": state["step"], "skipped_batches": state["skipped"],
+        "training": {"epochs": state["epoch"], "steps": state["step"],
+                     "skipped_batches": state["skipped"],
                      "seconds": round(state["train_seconds"], 1), "batch_size": cfg.batch_size,
                      "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed},
         "history": state["history"],
     }
     model.save(cfg.out, **summary)
     return model, summary
+
+
+def _diverged(epoch: int, skipped: int, ckpt: Path) -> str:
+    where = (f"the last good checkpoint is {ckpt} (continue from it with --resume)" if ckpt.exists()
+             else f"no checkpoint was written yet ({ckpt})")
+    return (f"training diverged in epoch {epoch + 1}: {skipped} non-finite batches; lower --lr or "
+            f"raise --warmup; {where}")
 
 
 def save_sample_grid(model: Backbone, path: str | Path, n: int = 64, temperature: float = 0.7,

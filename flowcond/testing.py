@@ -1,0 +1,284 @@
+"""pytest fixtures for flowcond plugin authors.
+
+Installed with flowcond and loaded by pytest through the ``pytest11`` entry point, so a plugin's
+tests can use them without importing anything:
+
+``flowcond_plugins``
+    A :class:`PluginSandbox`: installed plugins stay loaded, and whatever the test registers,
+    loads (``--plugins-dir``, ``sandbox.reload()``) or adds to the CLI is undone afterwards.
+``flowcond_no_plugins``
+    The same, but starting from no plugins at all, with entry-point autoloading off.
+``flowcond_register``
+    ``flowcond_register(plugin, name=None)`` registers a module, object or ConditionKind subclass
+    for one test.
+``flowcond_cli``
+    ``flowcond_cli("plugins", "--all")`` runs ``flowcond.cli:cli`` in a click ``CliRunner``; the
+    result has ``exit_code``, ``stdout``, ``stderr`` and ``output``.
+``tiny_backbone``
+    A tiny random, initialized, frozen backbone (1x8x8 images, 1 level, 2 steps).
+``tiny_dataset``
+    :func:`tiny_image_dataset`: 32 random 1x8x8 images with a categorical ``digit`` field
+    (10 named classes) and a binary ``attributes`` field (smiling, eyeglasses, male).
+
+Heavy imports happen inside the fixtures, so loading this module costs pytest nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+import pytest
+
+if TYPE_CHECKING:
+    from click.testing import Result
+
+    from flowcond.backbone import Backbone
+    from flowcond.datasets import ImageDataset
+
+
+class PluginSandbox:
+    """Registrations made through it, or by anything during a test, are undone by :meth:`close`."""
+
+    def __init__(self, autoload: bool = True) -> None:
+        from flowcond import plugins
+
+        self._plugins = plugins
+        if autoload:
+            plugins.load_entry_point_plugins()
+        self._saved = self._snapshot()
+        self._counter = 0
+        if not autoload:
+            self.clear()
+            plugins._loaded = True  # entry points are not loaded
+
+    # ------------------------------------------------------------- state
+    def _cli(self) -> Any:
+        mod = sys.modules.get("flowcond.cli")
+        return mod.cli if mod is not None else None
+
+    def _snapshot(self) -> dict[str, Any]:
+        p = self._plugins
+        cli = self._cli()
+        return {
+            "plugins": [(n, obj) for n, obj in p.pm.list_name_plugin() if obj is not None],
+            "loaded": p._loaded,
+            "dists": dict(p._dists),
+            "errors": list(p.load_errors),
+            "dir_files": dict(p._dir_files),
+            "commands": dict(cli.commands) if cli is not None else None,
+        }
+
+    def clear(self) -> None:
+        """Unregister every plugin and forget load errors (autoload state unchanged)."""
+        p = self._plugins
+        for name, obj in p.pm.list_name_plugin():
+            if obj is not None:
+                p.pm.unregister(obj, name=name)
+        p._dists.clear()
+        p._dir_files.clear()
+        p.load_errors.clear()
+
+    def close(self) -> None:
+        """Restore the plugin manager, load errors and CLI commands as they were before."""
+        p, s = self._plugins, self._saved
+        self.clear()
+        for name, obj in s["plugins"]:
+            p.pm.register(obj, name=name)
+        p._loaded = s["loaded"]
+        p._dists.update(s["dists"])
+        p._dir_files.update(s["dir_files"])
+        p.load_errors[:] = s["errors"]
+        cli = self._cli()
+        if cli is not None and s["commands"] is not None:
+            cli.commands.clear()
+            cli.commands.update(s["commands"])
+
+    # ------------------------------------------------------------- actions
+    @property
+    def pm(self) -> Any:
+        """The pluggy PluginManager (``flowcond.plugins.pm``)."""
+        return self._plugins.pm
+
+    @property
+    def errors(self) -> list:
+        """Plugin load and hook errors recorded so far (``flowcond.plugins.load_errors``)."""
+        return self._plugins.load_errors
+
+    def register(self, plugin: Any, name: str | None = None) -> str:
+        """Register a module, an object with hook implementations, or a ConditionKind subclass
+        (wrapped in a plugin whose ``register_conditions`` registers it). Returns its name."""
+        from flowcond.conditions import ConditionKind
+
+        if isinstance(plugin, type) and issubclass(plugin, ConditionKind):
+            plugin = _KindPlugin(plugin)
+            name = name or f"test-{plugin.kind.name}"
+        if name is None:
+            self._counter += 1
+            name = getattr(plugin, "__name__", None) or f"test-plugin-{self._counter}"
+        self._plugins._register(plugin, name)
+        return name
+
+    def unregister(self, name: str) -> None:
+        """Unregister the plugin called ``name``."""
+        self.pm.unregister(name=name)
+
+    def reload(self) -> None:
+        """Forget every plugin and load the entry points again (reading ``FLOWCOND_LOAD_PLUGINS``
+        and ``FLOWCOND_STRICT_PLUGINS`` as they are now)."""
+        self.clear()
+        self._plugins._loaded = False
+        self._plugins.load_entry_point_plugins()
+
+    def names(self) -> list[str]:
+        """Names of the registered plugins."""
+        return [n for n, obj in self.pm.list_name_plugin() if obj is not None]
+
+    def condition_kinds(self) -> dict[str, Any]:
+        """``flowcond.plugins.condition_kinds()``."""
+        return self._plugins.condition_kinds()
+
+    def datasets(self) -> dict[str, Any]:
+        """``flowcond.plugins.datasets()``."""
+        return self._plugins.datasets()
+
+
+class _KindPlugin:
+    """A plugin registering one condition kind (made by :meth:`PluginSandbox.register`)."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    @pluggy.HookimplMarker("flowcond")  # = flowcond.hookimpl, without importing flowcond (torch)
+    def register_conditions(self, register: Callable) -> None:
+        register(self.kind)
+
+
+def tiny_image_dataset(n: int = 32, seed: int = 0) -> ImageDataset:
+    """``n`` random 1x8x8 images with a categorical ``digit`` field (10 classes named '0'..'9')
+    and a binary ``attributes`` field (smiling, eyeglasses, male)."""
+    import torch
+
+    from flowcond.datasets import ImageDataset, LabelField
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 8, 8, generator=g)
+    digit = torch.arange(n) % 10
+    attributes = (torch.rand(n, 3, generator=g) < torch.tensor([0.5, 0.25, 0.75])).float()
+    return ImageDataset(
+        images,
+        {"digit": digit, "attributes": attributes},
+        [
+            LabelField("digit", "categorical", 10, [str(i) for i in range(10)]),
+            LabelField("attributes", "binary", 3, ["smiling", "eyeglasses", "male"]),
+        ],
+        {"name": "tiny", "split": "train"},
+    )
+
+
+def make_distribution(
+    path: str | Path,
+    name: str,
+    entry_points: dict[str, str],
+    files: dict[str, str] | None = None,
+    version: str = "0.1.0",
+) -> Path:
+    """Write a fake installed distribution into folder ``path``: ``<name>-<version>.dist-info``
+    with ``[flowcond]`` entry points (``{entry_name: "module"}``) and source ``files``
+    (``{"module.py": "..."}``). Put ``path`` on ``sys.path`` (``monkeypatch.syspath_prepend``) to
+    "install" it, then ``flowcond_plugins.reload()``."""
+    root = Path(path)
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    eps = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[flowcond]\n{eps}")
+    for rel, text in (files or {}).items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    importlib.invalidate_caches()
+    return root
+
+
+# ------------------------------------------------------------------- fixtures
+@pytest.fixture
+def flowcond_plugins() -> Iterator[PluginSandbox]:
+    """Installed plugins loaded; every registration made during the test is undone after it."""
+    sandbox = PluginSandbox(autoload=True)
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+@pytest.fixture
+def flowcond_no_plugins() -> Iterator[PluginSandbox]:
+    """No plugins registered and entry-point autoloading off, for the test; restored after it."""
+    sandbox = PluginSandbox(autoload=False)
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+@pytest.fixture
+def flowcond_register(flowcond_plugins: PluginSandbox) -> Callable[..., str]:
+    """``flowcond_register(plugin, name=None) -> name``: register a plugin for this test only."""
+    return flowcond_plugins.register
+
+
+class CliInvoker:
+    """Calls ``flowcond.cli:cli`` in a click CliRunner with separate stdout and stderr."""
+
+    def __init__(self) -> None:
+        from click.testing import CliRunner
+
+        try:
+            self.runner = CliRunner(mix_stderr=False)  # click < 8.2
+        except TypeError:
+            self.runner = CliRunner()
+
+    def __call__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        catch_exceptions: bool = True,
+    ) -> Result:
+        """Run ``flowcond ARGS...``; click's Result (``exit_code``, ``stdout``, ``stderr``)."""
+        from flowcond.cli import cli
+
+        return self.runner.invoke(
+            cli, list(args), env=env, input=input, catch_exceptions=catch_exceptions
+        )
+
+
+@pytest.fixture
+def flowcond_cli(flowcond_plugins: PluginSandbox) -> CliInvoker:
+    """Run the ``flowcond`` CLI in-process: ``flowcond_cli("plugins", "--all")``."""
+    return CliInvoker()
+
+
+@pytest.fixture
+def tiny_backbone() -> Backbone:
+    """A tiny random backbone on 1x8x8 images, initialized on random data and frozen."""
+    import torch
+
+    from flowcond import Backbone, BackboneConfig
+
+    bb = Backbone(BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bb.initialize(torch.rand(16, 1, 8, 8))
+    return bb.freeze()
+
+
+@pytest.fixture
+def tiny_dataset() -> ImageDataset:
+    """:func:`tiny_image_dataset` (32 images, ``digit`` categorical, ``attributes`` binary)."""
+    return tiny_image_dataset()

@@ -1,0 +1,216 @@
+"""Attach (CAGlow stage 2): losses, heads files, parsing, sampling, resume, CLI — on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowcond import Backbone, BackboneConfig
+from flowcond.attach import AttachConfig, attach, checkpoint_path, encoder_losses, supervision_losses
+from flowcond.cli import cli
+from flowcond.datasets import load_dataset
+from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
+from flowcond.heads import Heads
+from flowcond.testing import tiny_image_dataset
+
+
+def _tiny_backbone(seed: int = 0) -> Backbone:
+    bb = Backbone(BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8, seed=seed))
+    bb.initialize(load_dataset("digits", "train").images[:128])
+    return bb.freeze()
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bb") / "tiny.safetensors"
+    _tiny_backbone().save(path, dataset={"name": "digits", "split": "train"}, test_bits_per_dim=0.0)
+    return path
+
+
+def _config(tmp_path, **kw) -> AttachConfig:
+    base = dict(plugins=["ids", "codes"], steps=12, batch_size=16, checkpoint_every=6,
+                cache_dir=str(tmp_path / "cache"))
+    return AttachConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def heads_file(backbone_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("heads")
+    out = tmp / "digits.heads.safetensors"
+    attach(backbone_file, _config(tmp), out, progress=False)
+    return out
+
+
+def _zero_heads() -> tuple[Heads, dict]:
+    """Heads on a tiny dataset whose supervision block outputs exactly zero."""
+    from flowcond import plugins
+
+    bb = _tiny_backbone()
+    ds = tiny_image_dataset()
+    kinds = {n: plugins.get_condition_kind(n).from_dataset(None, ds) for n in ("ids", "codes")}
+    heads = Heads(bb, kinds, AttachConfig(plugins=["ids", "codes"]))
+    for p in heads.supervision.parameters():
+        torch.nn.init.zeros_(p)
+    targets = {"ids": torch.tensor([1, 2, 3, 4]), "codes": torch.tensor([[0.5, -1.0]] * 4)}
+    return heads, targets
+
+
+def test_losses_have_their_closed_form_on_a_zero_supervision_block():
+    heads, targets = _zero_heads()
+    z = torch.randn(4, 64)
+    ld = supervision_losses(heads, z, z + 1, targets)
+    # logits 0 everywhere: BCE = ln 2 for real and for fake, CE over 10 classes = ln 10
+    assert ld["Di"].item() == pytest.approx(2 * math.log(2), rel=1e-6)
+    assert ld["C"].item() == pytest.approx(math.log(10), rel=1e-6)
+    assert ld["De"].item() == pytest.approx((0.25 + 1.0) / 2, rel=1e-6)  # MSE of a zero decoder
+    le = encoder_losses(heads, z, z + 1, targets)
+    assert le["E"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert le["FM"].item() == 0.0  # zero trunk: identical features
+
+
+def test_feature_matching_is_zero_for_identical_latents_and_positive_otherwise():
+    from flowcond import plugins
+
+    bb = _tiny_backbone()
+    ds = tiny_image_dataset()
+    kinds = {"ids": plugins.get_condition_kind("ids").from_dataset(None, ds)}
+    heads = Heads(bb, kinds, AttachConfig(plugins=["ids"]))
+    z = torch.randn(8, 64)
+    t = {"ids": torch.arange(8)}
+    assert encoder_losses(heads, z, z.clone(), t)["FM"].item() == 0.0
+    assert encoder_losses(heads, z, z + 0.5, t)["FM"].item() > 0.0
+
+
+def test_attach_writes_a_small_heads_file_that_samples(heads_file, backbone_file):
+    heads = Heads.load(heads_file)  # finds the backbone through the recorded relative path
+    assert heads.metadata["backbone"]["content_hash"] == Backbone.load(backbone_file).content_hash
+    assert [p["name"] for p in heads.metadata["plugins"]] == ["ids", "codes"]
+    assert heads.metadata["summary"]["steps"] == 12
+    images, targets = heads.sample(["ids=7"], n=5, temperature=0.8, seed=3)
+    assert images.shape == (5, 1, 8, 8)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert targets["ids"].tolist() == [7] * 5 and targets["codes"].shape == (5, 2)
+
+
+def test_sampling_is_deterministic_with_a_seed(heads_file):
+    heads = Heads.load(heads_file)
+    a, _ = heads.sample(["ids=3"], n=4, seed=1)
+    b, _ = heads.sample(["ids=3"], n=4, seed=1)
+    c, _ = heads.sample(["ids=3"], n=4, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_heads_refuse_another_backbone(heads_file, tmp_path):
+    other = tmp_path / "other.safetensors"
+    _tiny_backbone(seed=1).save(other, dataset={"name": "digits", "split": "train"})
+    with pytest.raises(FileFormatError, match="attached to backbone"):
+        Heads.load(heads_file, other)
+
+
+def test_heads_refuse_a_missing_plugin(heads_file, flowcond_plugins):
+    flowcond_plugins.unregister("codes")
+    with pytest.raises(PluginError, match="needs condition plugin 'codes'"):
+        Heads.load(heads_file)
+
+
+def test_heads_refuse_a_truncated_file(heads_file, tmp_path):
+    bad = tmp_path / "cut.heads.safetensors"
+    data = heads_file.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileFormatError, match="truncated"):
+        Heads.load(bad)
+
+
+def test_parse_conditions_errors_name_the_plugin_and_form(heads_file):
+    heads = Heads.load(heads_file)
+    with pytest.raises(ConfigError, match=r"'ids'.*expected ids=3"):
+        heads.parse_conditions(["ids=12"])
+    with pytest.raises(ConfigError, match="not attached"):
+        heads.parse_conditions(["attributes=smiling"])
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        heads.parse_conditions(["ids"])
+    assert heads.parse_conditions(["ids=4", "codes=0.5,-1"])["codes"].tolist() == [0.5, -1.0]
+
+
+def test_resume_continues_exactly(backbone_file, tmp_path):
+    whole = tmp_path / "whole.heads.safetensors"
+    attach(backbone_file, _config(tmp_path), whole, progress=False)
+    part = tmp_path / "part.heads.safetensors"
+    attach(backbone_file, _config(tmp_path, steps=6), part, progress=False)
+    assert checkpoint_path(part).exists()
+    heads, summary = attach(backbone_file, _config(tmp_path), part, resume=True, progress=False)
+    assert summary["steps"] == 12
+    a = Heads.load(whole).state_dict()
+    b = Heads.load(part).state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_during_attach_is_a_clear_error(backbone_file, tmp_path, monkeypatch):
+    from flowcond import encoder
+
+    monkeypatch.setattr(encoder.Encoder, "forward", lambda self, c, eps, eps_res=None: torch.full(
+        (c.shape[0], 64), float("nan")))
+    with pytest.raises(FlowcondError, match="diverged"):
+        attach(backbone_file, _config(tmp_path, steps=30), tmp_path / "nan.heads.safetensors", progress=False)
+
+
+def test_unknown_plugin_and_bad_options_are_named(backbone_file, tmp_path):
+    with pytest.raises(PluginError, match="unknown condition plugin 'nope'"):
+        attach(backbone_file, _config(tmp_path, plugins=["nope"]), tmp_path / "x.safetensors", progress=False)
+    with pytest.raises(ConfigError, match="'codes'"):
+        attach(backbone_file, _config(tmp_path, plugin_options={"codes": {"bogus": 1}}),
+               tmp_path / "x.safetensors", progress=False)
+
+
+def test_cli_sample_png_and_npz(heads_file, tmp_path):
+    runner = CliRunner()
+    png = tmp_path / "sevens.png"
+    r = runner.invoke(cli, ["sample", str(heads_file), "--condition", "ids=7", "--n", "9", "--out", str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    npz = tmp_path / "threes.npz"
+    r = runner.invoke(cli, ["sample", str(heads_file), "--condition", "ids=3", "--n", "10", "--out", str(npz)])
+    assert r.exit_code == 0, r.output
+    with np.load(npz) as d:
+        assert d["images"].shape == (10, 1, 8, 8) and d["images"].dtype == np.float32
+        assert d["images"].min() >= 0 and d["images"].max() <= 1
+        assert d["ids"].tolist() == [3] * 10
+        assert d["codes"].shape == (10, 2)
+
+
+def test_cli_bad_condition_is_one_line(heads_file, tmp_path):
+    r = CliRunner().invoke(cli, ["sample", str(heads_file), "--condition", "ids=twelve", "--out",
+                                 str(tmp_path / "x.png")])
+    assert r.exit_code != 0
+    assert "Error: condition plugin 'ids'" in r.output and "Traceback" not in r.output
+
+
+def test_cli_interpolate_explore_manipulate(heads_file, tmp_path):
+    runner = CliRunner()
+    for args in (["interpolate", "--from", "ids=1", "--to", "ids=7", "--steps", "5"],
+                 ["explore", "--code", "1", "--steps", "5"],
+                 ["manipulate", "--condition", "ids=1", "--add", "ids=2", "--add", "codes=1,1"]):
+        out = tmp_path / f"{args[0]}.png"
+        r = runner.invoke(cli, [args[0], str(heads_file), *args[1:], "--rows", "2", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        assert out.stat().st_size > 0
+
+
+def test_interpolation_endpoints_match_the_conditions(heads_file):
+    from flowcond.generate import interpolate
+
+    heads = Heads.load(heads_file)
+    a = {"ids": torch.tensor(1)}
+    b = {"ids": torch.tensor(7)}
+    imgs = interpolate(heads, a, b, steps=4, rows=2, seed=0).view(2, 4, 1, 8, 8)
+    same = interpolate(heads, a, a, steps=4, rows=2, seed=0).view(2, 4, 1, 8, 8)
+    assert torch.allclose(imgs[:, 0], same[:, 0])  # column 0 is the start condition
+    assert torch.allclose(same[:, 0], same[:, -1])  # no change when start == end
+    assert not torch.allclose(imgs[:, 0], imgs[:, -1])

@@ -1,0 +1,189 @@
+"""Stage 1 training on the 8x8 ``digits``: learns, resumes exactly, skips non-finite batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowcond import safefile
+from flowcond.backbone import Backbone
+from flowcond.config import BackboneConfig
+from flowcond.datasets import load_dataset
+from flowcond.errors import ConfigError, FlowcondError
+from flowcond.train_backbone import (
+    CHECKPOINT_KIND,
+    TrainConfig,
+    checkpoint_path,
+    evaluate_bpd,
+    train_backbone,
+)
+
+BCFG = BackboneConfig(channels=1, height=8, width=8, levels=2, steps=2, hidden=16)
+
+
+def _tcfg(out, **kw) -> TrainConfig:
+    base = dict(dataset="digits", epochs=2, batch_size=64, lr=2e-3, warmup=10, progress=False,
+                out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(model: Backbone) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.flow.state_dict().items()}
+
+
+def test_training_lowers_test_bits_per_dim(tmp_path):
+    cfg = _tcfg(tmp_path / "bb.safetensors")
+    # the same initialized model training starts from
+    train = load_dataset("digits", "train")
+    test = load_dataset("digits", "test")
+    start = Backbone(BCFG)
+    first = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:256]
+    start.initialize(train.images[first])
+    before = evaluate_bpd(start, test)
+
+    model, summary = train_backbone(BCFG, cfg)
+    after = summary["test_bits_per_dim"]
+    assert after < before - 0.3, (before, after)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["history"][1]["test_bpd"] < summary["history"][0]["test_bpd"]
+    assert summary["training"]["steps"] == 2 * 23  # ceil(1437 / 64) per epoch
+    assert summary["training"]["skipped_batches"] == 0
+    # the written file is the frozen model, with the summary in its header
+    loaded = Backbone.load(cfg.out)
+    assert loaded.content_hash == model.content_hash
+    assert loaded.metadata["test_bits_per_dim"] == pytest.approx(after)
+    assert loaded.metadata["dataset"]["name"] == "digits"
+    assert evaluate_bpd(loaded, test) == pytest.approx(after, abs=1e-5)
+    header = safefile.read_header(checkpoint_path(cfg.out), CHECKPOINT_KIND)
+    assert header["epoch"] == 2 and header["step"] == 46
+
+
+def test_resume_is_exact(tmp_path):
+    ref_model, ref = train_backbone(BCFG, _tcfg(tmp_path / "ref.safetensors", epochs=2))
+
+    out = tmp_path / "run.safetensors"
+    train_backbone(BCFG, _tcfg(out, epochs=1))  # "interrupted" after one epoch
+    ckpt = checkpoint_path(out)
+    assert ckpt.is_file() and safefile.read_header(ckpt)["epoch"] == 1
+    model, summary = train_backbone(BCFG, _tcfg(out, epochs=2, resume=True))
+
+    assert summary["training"]["steps"] == ref["training"]["steps"]
+    assert summary["training"]["epochs"] == 2
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["test_bits_per_dim"] == pytest.approx(ref["test_bits_per_dim"], abs=1e-6)
+    a, b = _weights(model), _weights(ref_model)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-6), k
+    assert model.content_hash == ref_model.content_hash  # bitwise identical here
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    out = tmp_path / "bb.safetensors"
+    train_backbone(BCFG, _tcfg(out, epochs=1, max_steps=2))
+    other = BCFG.model_copy(update={"hidden": 8})
+    with pytest.raises(ConfigError, match="checkpoint was written for backbone config"):
+        train_backbone(other, _tcfg(out, epochs=2, resume=True))
+    with pytest.raises(ConfigError, match="batch_size=64"):
+        train_backbone(BCFG, _tcfg(out, epochs=2, resume=True, batch_size=32))
+
+
+def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
+    original = Backbone.bits_per_dim
+    calls = {"n": 0}
+
+    def flaky(self, x, noise=None):
+        out = original(self, x, noise)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (3, 7):
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(Backbone, "bits_per_dim", flaky)
+    model, summary = train_backbone(BCFG, _tcfg(tmp_path / "bb.safetensors", epochs=1))
+    assert summary["training"]["skipped_batches"] == 2
+    assert summary["history"][0]["skipped"] == 2
+    assert summary["training"]["steps"] == 23 - 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_gradients_are_skipped(tmp_path, monkeypatch):
+    original = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def flaky(params, max_norm, *args, **kwargs):
+        calls["n"] += 1
+        norm = original(params, max_norm, *args, **kwargs)
+        return norm * float("inf") if calls["n"] == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", flaky)
+    model, summary = train_backbone(BCFG, _tcfg(tmp_path / "bb.safetensors", epochs=1))
+    assert summary["training"]["skipped_batches"] == 1
+    assert summary["training"]["steps"] == 22
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverging_run_names_the_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "bb.safetensors"
+    original = Backbone.bits_per_dim
+    state = {"diverge": False}
+
+    def diverging(self, x, noise=None):
+        out = original(self, x, noise)
+        return out * float("nan") if (self.training and state["diverge"]) else out
+
+    monkeypatch.setattr(Backbone, "bits_per_dim", diverging)
+    # diverges in the first epoch: no checkpoint yet, and the message says so
+    state["diverge"] = True
+    with pytest.raises(FlowcondError, match="no checkpoint was written yet") as e:
+        train_backbone(BCFG, _tcfg(out, epochs=1))
+    assert "diverged in epoch 1" in str(e.value) and "\n" not in str(e.value)
+    # one good epoch, then divergence: the error names the good checkpoint
+    state["diverge"] = False
+    train_backbone(BCFG, _tcfg(out, epochs=1))
+    state["diverge"] = True
+    with pytest.raises(FlowcondError, match="diverged in epoch 2") as e:
+        train_backbone(BCFG, _tcfg(out, epochs=2, resume=True))
+    assert str(checkpoint_path(out)) in str(e.value)
+    assert safefile.read_header(checkpoint_path(out))["epoch"] == 1  # untouched
+
+
+def test_plain_normflows_training_matches_fast_path(tmp_path):
+    fast_model, fast = train_backbone(BCFG, _tcfg(tmp_path / "a.safetensors", epochs=1, max_steps=5))
+    plain_model, plain = train_backbone(
+        BCFG, _tcfg(tmp_path / "b.safetensors", epochs=1, max_steps=5, fast=False)
+    )
+    assert fast["training"]["steps"] == plain["training"]["steps"] == 5
+    assert fast["history"][0]["train_bpd"] == pytest.approx(plain["history"][0]["train_bpd"], abs=1e-4)
+    a, b = _weights(fast_model), _weights(plain_model)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
+
+
+def test_cli_train_backbone(tmp_path):
+    from flowcond.cli import cli
+
+    out = tmp_path / "cli.safetensors"
+    args = ["train-backbone", "--dataset", "digits", "--levels", "2", "--steps", "2", "--hidden", "8",
+            "--epochs", "1", "--max-steps", "3", "--warmup", "2", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    assert Backbone.load(out).config.hidden == 8
+    assert f"wrote {out}" in result.stdout
+
+
+def test_cli_train_backbone_bad_config_is_one_line(tmp_path):
+    from flowcond.cli import cli
+
+    out = tmp_path / "x.safetensors"
+    result = CliRunner().invoke(cli, ["train-backbone", "--dataset", "digits", "--levels", "4",
+                                      "--out", str(out)])
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: invalid configuration"), errors
+    assert "height=8 must be divisible by 2**levels=16" in errors[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
