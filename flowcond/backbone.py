@@ -24,6 +24,7 @@ from torch import nn
 
 from . import safefile
 from .config import BackboneConfig
+from .coupling import SoftClampedParams
 from .errors import FileFormatError
 from .fastflow import FastGlow, supported
 
@@ -38,16 +39,7 @@ def _build_flow(cfg: BackboneConfig) -> nf.MultiscaleFlow:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.lu is deprecated.*")
         for i in range(L):
-            level = [
-                nf.flows.GlowBlock(
-                    C * 2 ** (L + 1 - i),
-                    cfg.hidden,
-                    scale=cfg.coupling == "affine",
-                    split_mode="channel",
-                    use_lu=cfg.lu,
-                )
-                for _ in range(K)
-            ]
+            level = [_glow_block(cfg, C * 2 ** (L + 1 - i)) for _ in range(K)]
             level.append(nf.flows.Squeeze())
             flows.append(level)
             if i > 0:
@@ -57,6 +49,18 @@ def _build_flow(cfg: BackboneConfig) -> nf.MultiscaleFlow:
                 shape = (C * 2 ** (L + 1), H // 2**L, W // 2**L)
             q0.append(nf.distributions.GlowBase(shape))
     return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+
+
+def _glow_block(cfg: BackboneConfig, channels: int) -> nf.flows.GlowBlock:
+    """One Glow step (actnorm, 1x1 conv, coupling), optionally with a soft-clamped affine scale."""
+    softclamp = cfg.coupling == "affine" and cfg.scale_map == "softclamp"
+    block = nf.flows.GlowBlock(channels, cfg.hidden, scale=cfg.coupling == "affine",
+                               scale_map="exp" if softclamp else "sigmoid", split_mode="channel",
+                               use_lu=cfg.lu)
+    if softclamp:
+        coupling = block.flows[0].flows[1]
+        coupling.param_map = SoftClampedParams(coupling.param_map, cfg.scale_clamp)
+    return block
 
 
 class Backbone(nn.Module):

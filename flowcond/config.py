@@ -22,6 +22,11 @@ class BackboneConfig(BaseModel):
     hidden: int = Field(128, ge=1, description="hidden channels of each coupling network")
     n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
     coupling: Literal["affine", "additive"] = "affine"
+    scale_map: Literal["softclamp", "sigmoid"] = Field(
+        "softclamp",
+        description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding) or Glow's sigmoid(s+2)",
+    )
+    scale_clamp: float = Field(2.0, gt=0, description="c of the softclamp scale map")
     lu: bool = Field(True, description="LU-parametrized invertible 1x1 convolutions")
     seed: int = 0
 

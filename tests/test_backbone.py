@@ -1,4 +1,4 @@
-"""The backbone: exact inverse, kept levels, likelihood, config validation, fast path = normflows."""
+"""The backbone: exact inverse, kept levels, likelihood, config checks, fast path = normflows."""
 
 from __future__ import annotations
 
@@ -173,8 +173,11 @@ def test_standardized_latent_matches_prior():
         for i, (q, z, e) in enumerate(zip(model.flow.q0, levels, eps, strict=True)):
             _, log_scale = model._prior_params(i)
             n_pix = z[0, 0].numel()
-            want = (-0.5 * e.pow(2).sum(dim=(1, 2, 3)) - 0.5 * e[0].numel() * math.log(2 * math.pi)
-                    - n_pix * log_scale.sum())
+            want = (
+                -0.5 * e.pow(2).sum(dim=(1, 2, 3))
+                - 0.5 * e[0].numel() * math.log(2 * math.pi)
+                - n_pix * log_scale.sum()
+            )
             assert torch.allclose(q.log_prob(z), want, rtol=1e-5, atol=1e-3)
 
 
@@ -202,7 +205,9 @@ def test_log_likelihood_is_prior_plus_logdet():
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-2)
     assert torch.allclose(got, nf_log_prob, rtol=1e-5, atol=1e-2)
     D = model.latent_dim
-    assert torch.allclose(bpd, (-want + D * math.log(2**8)) / (D * math.log(2)), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(
+        bpd, (-want + D * math.log(2**8)) / (D * math.log(2)), rtol=1e-5, atol=1e-5
+    )
     assert (bpd > 0).all() and (bpd < 16).all()
 
 
@@ -277,7 +282,9 @@ def test_fast_path_equals_normflows(overrides):
     assert z.is_contiguous()
 
     # frozen decode (latents -> images), including latents far from the data
-    zs = torch.cat([z_ref, 0.7 * torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(9))])
+    zs = torch.cat(
+        [z_ref, 0.7 * torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(9))]
+    )
     with torch.no_grad():
         model.fast = False
         levels = model.unstandardize(model.split_levels(zs))

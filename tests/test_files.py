@@ -94,11 +94,16 @@ def test_content_hash_is_stable(saved, tmp_path):
     # hash depends on names, dtypes, shapes and bytes
     t = {"a": torch.zeros(4)}
     assert safefile.content_hash(t) != safefile.content_hash({"b": torch.zeros(4)})
-    assert safefile.content_hash(t) != safefile.content_hash({"a": torch.zeros(4, dtype=torch.float64)})
+    assert safefile.content_hash(t) != safefile.content_hash(
+        {"a": torch.zeros(4, dtype=torch.float64)}
+    )
     # (the flattened shape is hashed, as in every file written so far; full shapes are checked
     # by load_state_dict against the config)
     assert safefile.content_hash(t) != safefile.content_hash({"a": torch.zeros(5)})
-    assert safefile.content_hash(t) == "b3e7267a31fc8dc259c3bb8fbbf975ab35877fdd2fddd90b41a5d68fb35a0092"
+    assert (
+        safefile.content_hash(t)
+        == "b3e7267a31fc8dc259c3bb8fbbf975ab35877fdd2fddd90b41a5d68fb35a0092"
+    )
 
 
 def test_load_unfrozen(saved):
@@ -175,23 +180,41 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
 
     def craft(name: str, hdr: object, expect: str) -> None:
         p = tmp_path / f"{name}.safetensors"
-        save_file(tensors, str(p), metadata={"flowcond": hdr if isinstance(hdr, str) else json.dumps(hdr)})
+        save_file(
+            tensors, str(p), metadata={"flowcond": hdr if isinstance(hdr, str) else json.dumps(hdr)}
+        )
         out[name] = (p, expect)
 
     craft("format_version_2", {**header, "format_version": 2}, "format version 2 is not supported")
-    craft("no_format_version", {k: v for k, v in header.items() if k != "format_version"},
-          "format version None is not supported")
-    craft("heads_kind", {**header, "kind": "heads"}, "is a 'heads' file, expected a 'backbone' file")
-    craft("checkpoint_kind", {**header, "kind": "backbone-checkpoint"}, "expected a 'backbone' file")
-    craft("invalid_config", {**header, "config": {**header["config"], "height": 30}},
-          "invalid backbone config in header")
-    craft("extra_config_field", {**header, "config": {**header["config"], "depth": 3}},
-          "invalid backbone config in header")
+    craft(
+        "no_format_version",
+        {k: v for k, v in header.items() if k != "format_version"},
+        "format version None is not supported",
+    )
+    craft(
+        "heads_kind", {**header, "kind": "heads"}, "is a 'heads' file, expected a 'backbone' file"
+    )
+    craft(
+        "checkpoint_kind", {**header, "kind": "backbone-checkpoint"}, "expected a 'backbone' file"
+    )
+    craft(
+        "invalid_config",
+        {**header, "config": {**header["config"], "height": 30}},
+        "invalid backbone config in header",
+    )
+    craft(
+        "extra_config_field",
+        {**header, "config": {**header["config"], "depth": 3}},
+        "invalid backbone config in header",
+    )
     craft("config_not_a_dict", {**header, "config": [1, 2]}, "invalid backbone config in header")
     craft("no_config", {k: v for k, v in header.items() if k != "config"}, "no config")
     craft("no_hash", {k: v for k, v in header.items() if k != "content_hash"}, "no content hash")
-    craft("wrong_shape_config", {**header, "config": {**header["config"], "hidden": 16}},
-          "weights do not match the config")
+    craft(
+        "wrong_shape_config",
+        {**header, "config": {**header["config"], "hidden": 16}},
+        "weights do not match the config",
+    )
     craft("header_not_json", "{not json", "corrupted flowcond header")
     craft("header_list", "[1, 2]", "corrupted flowcond header")
     return out
@@ -254,8 +277,16 @@ def test_cli_info_refuses_bad_files_in_one_line(tmp_path, saved):
     _, good = saved
     cli = _cli()
     bad = _bad_files(tmp_path, good)
-    for name in ("missing", "cut_in_header", "cut_in_data", "torch_save", "plain_safetensors",
-                 "format_version_2", "invalid_config", "header_not_json"):
+    for name in (
+        "missing",
+        "cut_in_header",
+        "cut_in_data",
+        "torch_save",
+        "plain_safetensors",
+        "format_version_2",
+        "invalid_config",
+        "header_not_json",
+    ):
         path, expect = bad[name]
         result = CliRunner().invoke(cli, ["info", str(path)])
         assert result.exit_code != 0, name

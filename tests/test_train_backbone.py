@@ -23,8 +23,9 @@ BCFG = BackboneConfig(channels=1, height=8, width=8, levels=2, steps=2, hidden=1
 
 
 def _tcfg(out, **kw) -> TrainConfig:
-    base = dict(dataset="digits", epochs=2, batch_size=64, lr=2e-3, warmup=10, progress=False,
-                out=str(out))
+    base = dict(
+        dataset="digits", epochs=2, batch_size=64, lr=2e-3, warmup=10, progress=False, out=str(out)
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -151,12 +152,16 @@ def test_diverging_run_names_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_plain_normflows_training_matches_fast_path(tmp_path):
-    fast_model, fast = train_backbone(BCFG, _tcfg(tmp_path / "a.safetensors", epochs=1, max_steps=5))
+    fast_model, fast = train_backbone(
+        BCFG, _tcfg(tmp_path / "a.safetensors", epochs=1, max_steps=5)
+    )
     plain_model, plain = train_backbone(
         BCFG, _tcfg(tmp_path / "b.safetensors", epochs=1, max_steps=5, fast=False)
     )
     assert fast["training"]["steps"] == plain["training"]["steps"] == 5
-    assert fast["history"][0]["train_bpd"] == pytest.approx(plain["history"][0]["train_bpd"], abs=1e-4)
+    assert fast["history"][0]["train_bpd"] == pytest.approx(
+        plain["history"][0]["train_bpd"], abs=1e-4
+    )
     a, b = _weights(fast_model), _weights(plain_model)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
@@ -166,8 +171,26 @@ def test_cli_train_backbone(tmp_path):
     from flowcond.cli import cli
 
     out = tmp_path / "cli.safetensors"
-    args = ["train-backbone", "--dataset", "digits", "--levels", "2", "--steps", "2", "--hidden", "8",
-            "--epochs", "1", "--max-steps", "3", "--warmup", "2", "--out", str(out), "--quiet"]
+    args = [
+        "train-backbone",
+        "--dataset",
+        "digits",
+        "--levels",
+        "2",
+        "--steps",
+        "2",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--warmup",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.with_suffix(".png").is_file()
@@ -179,8 +202,9 @@ def test_cli_train_backbone_bad_config_is_one_line(tmp_path):
     from flowcond.cli import cli
 
     out = tmp_path / "x.safetensors"
-    result = CliRunner().invoke(cli, ["train-backbone", "--dataset", "digits", "--levels", "4",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        cli, ["train-backbone", "--dataset", "digits", "--levels", "4", "--out", str(out)]
+    )
     assert result.exit_code != 0
     errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1 and errors[0].startswith("Error: invalid configuration"), errors
