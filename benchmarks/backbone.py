@@ -3,21 +3,23 @@
 Run ``python benchmarks/backbone.py`` (``--help`` for options). Prints, in one run:
 
 (a) training images/s of the flowcond backbone (``flowcond.train_backbone.train_step``: bits/dim
-    loss, backward, gradient clipping, Adamax) and of a plain normflows ``MultiscaleFlow`` Glow of
-    the same shape built as in normflows' Glow example (``GlowBlock``, ``Squeeze``, ``Merge``,
-    ``GlowBase``; ``model.forward_kld`` loss; Adamax), and their ratio;
-(b) frozen encode images/s (flowcond ``Backbone.encode`` under ``torch.inference_mode``, and the
-    plain normflows ``inverse_and_log_det`` under ``torch.no_grad`` for reference);
-(c) the encode's FLOP/s (convolution FLOPs counted by ``torch.utils.flop_counter``, cross-checked
-    analytically) as a fraction of this machine's fp32 matmul FLOP/s, measured in the same run.
+    loss, backward, gradient clipping, Adamax step) with its fast path and with ``fast=False``
+    (normflows' own modules), and of a plain normflows ``MultiscaleFlow`` Glow of the same shape
+    built as in normflows' Glow example (``GlowBlock``, ``Squeeze``, ``Merge``, ``GlowBase``;
+    ``model.forward_kld`` loss; Adamax), and the ratio flowcond / normflows;
+(b) frozen encode images/s: flowcond ``Backbone.encode`` (frozen, ``torch.inference_mode``) and
+    normflows' ``inverse_and_log_det`` (``torch.no_grad``);
+(c) the encode's FLOP/s (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
+    normflows path, cross-checked analytically) as a fraction of this machine's fp32 matmul FLOP/s
+    (``torch.mm``) measured in the same run; a oneDNN GEMM (1x1 convolution) is shown for context;
+(d) with ``--compile``: ``torch.compile`` of the frozen fast encode (compile time, images/s).
 
-Defaults (1x32x32, 3 levels, 10 steps, hidden 128, batch 64) take a couple of minutes on 2 cores.
+Defaults (1x32x32, 3 levels, 10 steps, hidden 128, batch 64) take about a minute on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import statistics
@@ -37,7 +39,7 @@ from flowcond.train_backbone import train_step  # noqa: E402
 
 
 def normflows_glow(shape: tuple[int, int, int], L: int, K: int, hidden: int) -> nf.MultiscaleFlow:
-    """The Glow of normflows' own example (examples/glow.ipynb), unconditional base."""
+    """The Glow of normflows' own example (``examples/glow.ipynb``), with an unconditional base."""
     channels = shape[0]
     q0, merges, flows = [], [], []
     for i in range(L):
@@ -47,7 +49,8 @@ def normflows_glow(shape: tuple[int, int, int], L: int, K: int, hidden: int) -> 
         flows += [flows_]
         if i > 0:
             merges += [nf.flows.Merge()]
-            latent_shape = (shape[0] * 2 ** (L - i), shape[1] // 2 ** (L - i), shape[2] // 2 ** (L - i))
+            latent_shape = (shape[0] * 2 ** (L - i), shape[1] // 2 ** (L - i),
+                            shape[2] // 2 ** (L - i))
         else:
             latent_shape = (shape[0] * 2 ** (L + 1), shape[1] // 2**L, shape[2] // 2**L)
         q0 += [nf.distributions.GlowBase(latent_shape)]
@@ -71,20 +74,20 @@ def rate(times: list[float], batch: int) -> float:
 
 
 def matmul_flops(n: int, iters: int = 10) -> float:
+    """Best fp32 ``torch.mm`` FLOP/s of an ``n x n`` product."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     with torch.inference_mode():
         t = timed(lambda: torch.mm(a, b), iters, 3)
     return 2 * n**3 / min(t)
 
 
-def onednn_gemm_flops(rows: int = 16384, k: int = 128, iters: int = 10) -> float:
-    """A ``rows x k x k`` GEMM run as a channels-last 1x1 convolution (oneDNN), for context."""
-    side = int(math.sqrt(rows // 64))
-    x = torch.randn(64, k, side, side).contiguous(memory_format=torch.channels_last)
+def onednn_gemm_flops(k: int, batch: int = 64, side: int = 16, iters: int = 10) -> float:
+    """A ``(batch*side*side) x k x k`` GEMM run as a channels-last 1x1 convolution (oneDNN)."""
+    x = torch.randn(batch, k, side, side).contiguous(memory_format=torch.channels_last)
     w = torch.randn(k, k, 1, 1).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         t = timed(lambda: torch.nn.functional.conv2d(x, w), iters, 3)
-    return 2 * 64 * side * side * k * k / min(t)
+    return 2 * batch * side * side * k * k / min(t)
 
 
 def count_flops(fn) -> int:
@@ -110,29 +113,35 @@ def analytic_encode_flops(cfg: BackboneConfig) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="1x32x32", help="CxHxW")
+    defaults = BackboneConfig()
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="1x32x32", help="CxHxW [1x32x32]")
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--batch", type=int, default=64, help="training batch")
-    p.add_argument("--encode-batch", type=int, default=256, help="frozen encode batch")
-    p.add_argument("--iters", type=int, default=8, help="timed iterations per measurement")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch threads [default: torch's]")
-    p.add_argument("--matmul-n", type=int, default=2048)
-    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--scale-map", choices=["softclamp", "sigmoid"], default=defaults.scale_map,
+                   help="flowcond's affine coupling scale [flowcond's default]")
+    p.add_argument("--batch", type=int, default=64, help="training batch [64]")
+    p.add_argument("--encode-batch", type=int, default=256, help="frozen encode batch [256]")
+    p.add_argument("--iters", type=int, default=8, help="timed iterations per measurement [8]")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first [2]")
+    p.add_argument("--threads", type=int, default=None, help="torch threads [torch's default]")
+    p.add_argument("--matmul-n", type=int, default=2048, help="side of the torch.mm reference")
+    p.add_argument("--skip-train", action="store_true", help="only (b) and (c)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (d)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.lower().split("x"))
     cfg = BackboneConfig(channels=shape[0], height=shape[1], width=shape[2], levels=args.levels,
-                         steps=args.steps, hidden=args.hidden)
-    print(f"torch {torch.__version__}, normflows {nf.__version__ if hasattr(nf, '__version__') else '?'}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads, oneDNN {torch.backends.mkldnn.is_available()}")
+                         steps=args.steps, hidden=args.hidden, scale_map=args.scale_map)
+    print(f"torch {torch.__version__}, normflows {getattr(nf, '__version__', '?')}, "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+          f"oneDNN {torch.backends.mkldnn.is_available()}")
     print(f"Glow {args.shape}, levels {cfg.levels} x steps {cfg.steps}, hidden {cfg.hidden}, "
-          f"training batch {args.batch}, encode batch {args.encode_batch}, {args.iters} timed iterations")
+          f"flowcond scale map {cfg.scale_map}; training batch {args.batch}, encode batch "
+          f"{args.encode_batch}; median of {args.iters} timed iterations after {args.warmup}")
 
     g = torch.Generator().manual_seed(0)
     x_train = torch.rand(args.batch, *shape, generator=g)
@@ -140,13 +149,17 @@ def main() -> None:
     x_enc = torch.rand(args.encode_batch, *shape, generator=g)
 
     # ------------------------------------------------------------ (a) training
-    train_flowcond = train_plain = None
     if not args.skip_train:
-        model = Backbone(cfg)
-        model.initialize(x_train)
-        opt = torch.optim.Adamax(model.parameters(), lr=1e-3, weight_decay=1e-5)
-        t = timed(lambda: train_step(model, opt, x_train, noise, 1e-3, 50.0), args.iters, args.warmup)
-        train_flowcond = rate(t, args.batch)
+        results = {}
+        for fast in (True, False):
+            model = Backbone(cfg)
+            model.fast = fast
+            model.initialize(x_train)
+            opt = torch.optim.Adamax(model.parameters(), lr=1e-3, weight_decay=1e-5)
+            t = timed(lambda m=model, o=opt: train_step(m, o, x_train, noise, 1e-3, 50.0),
+                      args.iters, args.warmup)
+            results[fast] = rate(t, args.batch)
+            del model, opt
 
         torch.manual_seed(0)
         plain = normflows_glow(shape, cfg.levels, cfg.steps, cfg.hidden)
@@ -158,47 +171,45 @@ def main() -> None:
         def plain_step():
             loss = plain.forward_kld(y)
             popt.zero_grad()
-            if torch.isfinite(loss):
+            if torch.isfinite(loss):  # the example skips NaN batches
                 loss.backward()
                 popt.step()
 
-        t = timed(plain_step, args.iters, args.warmup)
-        train_plain = rate(t, args.batch)
-        print("\n(a) training")
-        print(f"  normflows Glow (forward_kld, Adamax)  {train_plain:8.1f} images/s")
-        print(f"  flowcond backbone (train_step)        {train_flowcond:8.1f} images/s")
-        print(f"  ratio flowcond / normflows            {train_flowcond / train_plain:8.2f}x"
-              f"   (target >= 1.30x)")
-        del model, opt, plain, popt
+        train_plain = rate(timed(plain_step, args.iters, args.warmup), args.batch)
+        del plain, popt
+        print("\n(a) training, images/s")
+        print(f"  normflows Glow example (forward_kld, Adamax)     {train_plain:8.1f}")
+        print(f"  flowcond train_step, fast=False (normflows code) {results[False]:8.1f}")
+        print(f"  flowcond train_step, fast path (default)         {results[True]:8.1f}")
+        print(f"  ratio flowcond / normflows                       {results[True] / train_plain:8.2f}x"
+              "   (target >= 1.30x)")
 
     # --------------------------------------------------------- (b) encoding
     model = Backbone(cfg)
     model.initialize(x_train)
-    with torch.no_grad():  # move off the identity so the timing sees real numbers
+    with torch.no_grad():  # move off the identity couplings of a fresh model
         for prm in model.parameters():
             prm.add_(0.01 * torch.randn(prm.shape, generator=g))
     model.freeze()
-    with torch.inference_mode():
-        t = timed(lambda: model.encode(x_enc), args.iters, args.warmup)
-    enc_fast = rate(t, args.encode_batch)
-    with torch.no_grad():
-        t = timed(lambda: model.encode(x_enc[: args.batch]), args.iters, args.warmup)
-    enc_fast_small = rate(t, args.batch)
     yb = model.preprocess(x_enc)
     with torch.no_grad():
-        t = timed(lambda: model.flow.inverse_and_log_det(yb), max(2, args.iters // 2), 1)
-    enc_plain = rate(t, args.encode_batch)
+        enc_plain = rate(timed(lambda: model.flow.inverse_and_log_det(yb), max(2, args.iters // 2), 1),
+                         args.encode_batch)
+        enc_small = rate(timed(lambda: model.encode(x_enc[: args.batch]), args.iters, args.warmup),
+                         args.batch)
     with torch.inference_mode():
+        enc_fast = rate(timed(lambda: model.encode(x_enc), args.iters, args.warmup),
+                        args.encode_batch)
         model.fast = False
-        z_ref = model.encode(x_enc[:16])
+        z_ref = model.encode(x_enc[:32])
         model.fast = True
-        z_fast = model.encode(x_enc[:16])
+        z_fast = model.encode(x_enc[:32])
     max_err = (z_ref - z_fast).abs().max().item()
-    print("\n(b) frozen encode")
-    print(f"  normflows inverse_and_log_det, no_grad, batch {args.encode_batch:<4}  {enc_plain:8.1f} images/s")
-    print(f"  flowcond encode, no_grad, batch {args.batch:<4}               {enc_fast_small:8.1f} images/s")
-    print(f"  flowcond encode, inference_mode, batch {args.encode_batch:<4}        {enc_fast:8.1f} images/s")
-    print(f"  ratio flowcond / normflows            {enc_fast / enc_plain:8.2f}x"
+    print("\n(b) frozen encode, images/s")
+    print(f"  normflows inverse_and_log_det, no_grad, batch {args.encode_batch:<5}  {enc_plain:8.1f}")
+    print(f"  flowcond encode, no_grad, batch {args.batch:<5}                {enc_small:8.1f}")
+    print(f"  flowcond encode, inference_mode, batch {args.encode_batch:<5}         {enc_fast:8.1f}")
+    print(f"  ratio flowcond / normflows                              {enc_fast / enc_plain:8.2f}x"
           f"   (max |z_fast - z_normflows| = {max_err:.1e})")
 
     # ----------------------------------------------------------- (c) FLOP/s
@@ -206,17 +217,44 @@ def main() -> None:
         counted = count_flops(lambda: model.flow.inverse_and_log_det(yb[:1]))
     analytic = analytic_encode_flops(cfg)
     mm = max(matmul_flops(args.matmul_n), matmul_flops(args.matmul_n // 2))
-    dnn = onednn_gemm_flops(k=cfg.hidden)
+    dnn = onednn_gemm_flops(cfg.hidden)
     achieved = counted * enc_fast
     print("\n(c) encode FLOP/s")
-    print(f"  encode FLOPs per image: {counted / 1e9:.4f} GFLOP counted (FlopCounterMode), "
-          f"{analytic / 1e9:.4f} GFLOP analytic")
-    print(f"  fp32 matmul (torch.mm, {args.matmul_n}^2 and {args.matmul_n // 2}^2, best): "
+    print(f"  FLOPs per image: {counted / 1e9:.4f} GFLOP counted (FlopCounterMode), "
+          f"{analytic / 1e9:.4f} GFLOP analytic (convolutions)")
+    print(f"  fp32 matmul, torch.mm {args.matmul_n}^2 / {args.matmul_n // 2}^2 (best): "
           f"{mm / 1e9:8.1f} GFLOP/s")
-    print(f"  fp32 GEMM as oneDNN 1x1 conv (16384x{cfg.hidden}x{cfg.hidden}, context): {dnn / 1e9:8.1f} GFLOP/s")
-    print(f"  frozen encode: {achieved / 1e9:8.1f} GFLOP/s = {achieved / mm:6.1%} of torch.mm "
-          f"(target >= 60%), {achieved / dnn:6.1%} of the oneDNN GEMM")
-    print(f"  normflows encode: {counted * enc_plain / 1e9:8.1f} GFLOP/s = {counted * enc_plain / mm:6.1%} of torch.mm")
+    print(f"  fp32 GEMM as a oneDNN 1x1 conv (16384 x {cfg.hidden} x {cfg.hidden}), context: "
+          f"{dnn / 1e9:8.1f} GFLOP/s")
+    print(f"  flowcond frozen encode: {achieved / 1e9:8.1f} GFLOP/s = {achieved / mm:6.1%} of torch.mm"
+          f" (target >= 60%), {achieved / dnn:6.1%} of the oneDNN GEMM")
+    print(f"  normflows encode:       {counted * enc_plain / 1e9:8.1f} GFLOP/s = "
+          f"{counted * enc_plain / mm:6.1%} of torch.mm")
+
+    # ------------------------------------------------------ (d) torch.compile
+    if args.compile:
+        print("\n(d) torch.compile of the frozen fast encode")
+        fg = model._fast
+        plan = fg.frozen_plan(yb)
+
+        def fast_encode(y):
+            return fg._inverse(y, plan, log_det=False, fused=True)[0]
+
+        try:
+            t0 = time.perf_counter()
+            compiled = torch.compile(fast_encode)
+            with torch.inference_mode():
+                out = compiled(yb)
+            compile_s = time.perf_counter() - t0
+            with torch.inference_mode():
+                ref = fast_encode(yb)
+                err = max((a - b).abs().max().item() for a, b in zip(out, ref, strict=True))
+                enc_c = rate(timed(lambda: compiled(yb), args.iters, args.warmup), args.encode_batch)
+                enc_e = rate(timed(lambda: fast_encode(yb), args.iters, args.warmup), args.encode_batch)
+            print(f"  compile + first call {compile_s:.1f} s; compiled {enc_c:.1f} images/s vs eager "
+                  f"{enc_e:.1f} images/s (flow part only), max difference {err:.1e}")
+        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
+            print(f"  torch.compile failed here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=str(HERE / "backbones" / "glow_mnist5k.safetensors"))
-    ap.add_argument("--evaluator", default=str(HERE / "evaluators" / "mnist5k_evaluator.safetensors"))
+    ap.add_argument(
+        "--evaluator", default=str(HERE / "evaluators" / "mnist5k_evaluator.safetensors")
+    )
     ap.add_argument("--out", default="out")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -46,33 +48,57 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    heads, summary = attach(args.backbone, AttachConfig(plugins=["ids", "codes"], steps=args.steps, seed=args.seed),
-                            out / "digits.heads.safetensors")
+    heads, summary = attach(
+        args.backbone,
+        AttachConfig(plugins=["ids", "codes"], steps=args.steps, seed=args.seed),
+        out / "digits.heads.safetensors",
+    )
     attach_s = time.perf_counter() - t0
     print(f"attach: {attach_s:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)")
 
     # one row per digit, 10 samples each
-    rows = [sample_rows(heads, {"ids": torch.tensor(k)}, 10, 10, args.temperature, args.seed + k) for k in range(10)]
-    save_grid(torch.cat([r[0] for r in rows]), out / "samples.png", nrow=10, row_labels=[f"ids={k}" for k in range(10)])
-    save_grid(interpolate(heads, {"ids": torch.tensor(1)}, {"ids": torch.tensor(7)}, 8, 4, args.temperature),
-              out / "interpolate_1_7.png", nrow=8)
+    rows = [
+        sample_rows(heads, {"ids": torch.tensor(k)}, 10, 10, args.temperature, args.seed + k)
+        for k in range(10)
+    ]
+    save_grid(
+        torch.cat([r[0] for r in rows]),
+        out / "samples.png",
+        nrow=10,
+        row_labels=[f"ids={k}" for k in range(10)],
+    )
+    save_grid(
+        interpolate(
+            heads, {"ids": torch.tensor(1)}, {"ids": torch.tensor(7)}, 8, 4, args.temperature
+        ),
+        out / "interpolate_1_7.png",
+        nrow=8,
+    )
     imgs, _ = explore(heads, 0, 9, 4, None, None, args.temperature)
     save_grid(imgs, out / "explore_code0.png", nrow=9)
     print(f"figures: {out}/samples.png, interpolate_1_7.png, explore_code0.png")
 
-    report = {"attach_seconds": round(attach_s, 1), "temperature": args.temperature, "heads": summary["metrics"]}
+    report = {
+        "attach_seconds": round(attach_s, 1),
+        "temperature": args.temperature,
+        "heads": summary["metrics"],
+    }
     t1 = time.perf_counter()
     n = args.per_class * 10
     targets = {"ids": torch.arange(10).repeat_interleave(args.per_class)}
     targets = heads.sample_targets(n, targets, torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
-        images = heads.decode(heads.generate(targets, args.temperature, torch.Generator().manual_seed(args.seed)))
+        images = heads.decode(
+            heads.generate(targets, args.temperature, torch.Generator().manual_seed(args.seed))
+        )
     report["sampling_images_per_second"] = round(n / (time.perf_counter() - t1), 1)
     real = load_dataset("mnist5k", "test")
     gen_d = [mean_pairwise_distance(images[targets["ids"] == k]) for k in range(10)]
     real_d = [mean_pairwise_distance(real.images[real.labels["digit"] == k]) for k in range(10)]
-    report["diversity"] = {"generated_mean_pairwise_l2": round(sum(gen_d) / 10, 3),
-                           "real_mean_pairwise_l2": round(sum(real_d) / 10, 3)}
+    report["diversity"] = {
+        "generated_mean_pairwise_l2": round(sum(gen_d) / 10, 3),
+        "real_mean_pairwise_l2": round(sum(real_d) / 10, 3),
+    }
     if Path(args.evaluator).is_file():
         from flowcond.evaluator import Evaluator
 
@@ -80,7 +106,8 @@ def main() -> None:
         pred = ev.predict(images)
         report["evaluator_accuracy"] = float((pred == targets["ids"]).float().mean())
         report["evaluator_accuracy_per_class"] = [
-            round(float((pred[targets["ids"] == k] == k).float().mean()), 3) for k in range(10)]
+            round(float((pred[targets["ids"] == k] == k).float().mean()), 3) for k in range(10)
+        ]
     print(json.dumps(report, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2))
 

@@ -45,6 +45,9 @@ class Lambdas(BaseModel):
     C: float = Field(1.0, ge=0, description="classification of supervised conditions, Eq. 12")
     De: float = Field(1.0, ge=0, description="decoding of unsupervised codes, Eq. 13")
     FM: float = Field(1.0, ge=0, description="pairwise feature matching, Eq. 14")
+    MM: float = Field(
+        0.0, ge=0, description="not in the paper: match per-dimension mean and std of generated latents"
+    )
 
 
 class AttachConfig(BaseModel):
@@ -54,7 +57,9 @@ class AttachConfig(BaseModel):
 
     plugins: list[str] = Field(min_length=1)
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    dataset: str | None = Field(None, description="default: the dataset the backbone was trained on")
+    dataset: str | None = Field(
+        None, description="default: the dataset the backbone was trained on"
+    )
     root: str | None = None
     download: bool = False
     encoder: Literal["auto", "mlp", "conv"] = "auto"
@@ -63,6 +68,14 @@ class AttachConfig(BaseModel):
     trunk_hidden: int = Field(64, ge=1, description="supervision trunk units (paper MNIST: 64)")
     noise_dim: int = Field(64, ge=1)
     residual_noise: bool = True
+    feature_matching: Literal["pairwise", "mean"] = Field(
+        "pairwise",
+        description="Eq. 14 as in the paper (L2 between paired real/generated features) or the L2 "
+        "between their batch means (does not pull generated latents towards the mean)",
+    )
+    conditional_discriminator: bool = Field(
+        False, description="projection discriminator D(z, c) on supervised conditions (paper: D(z))"
+    )
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-4, gt=0)
@@ -92,8 +105,10 @@ def build_kinds(config: AttachConfig, dataset: Any) -> dict:
         except FlowcondError:
             raise
         except Exception as e:
-            raise ConfigError(f"condition plugin {name!r} failed on dataset "
-                              f"{dataset.spec.get('name')!r}: {type(e).__name__}: {e}") from e
+            raise ConfigError(
+                f"condition plugin {name!r} failed on dataset "
+                f"{dataset.spec.get('name')!r}: {type(e).__name__}: {e}"
+            ) from e
     return kinds
 
 
@@ -106,40 +121,63 @@ def _losses(heads: Heads, outs: dict, targets: dict, supervised: bool) -> torch.
     return total
 
 
-def supervision_losses(heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
-                       ) -> dict[str, torch.Tensor]:
+def supervision_losses(
+    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
+) -> dict[str, torch.Tensor]:
     """Losses of the supervision block's step: ``Di`` (Eq. 11: real vs generated), ``C`` (Eq. 12 on
     real latents, supervised kinds) and ``De`` (Eq. 13: code decoders on generated latents)."""
-    _, d_real, h_real = heads.supervise(z_real)
-    _, d_fake, h_fake = heads.supervise(fake)
-    l_di = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-    return {"Di": l_di, "C": _losses(heads, h_real, targets, supervised=True),
-            "De": _losses(heads, h_fake, targets, supervised=False)}
+    _, d_real, h_real = heads.supervise(z_real, targets)
+    _, d_fake, h_fake = heads.supervise(fake, targets)
+    l_di = F.binary_cross_entropy_with_logits(
+        d_real, torch.ones_like(d_real)
+    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    return {
+        "Di": l_di,
+        "C": _losses(heads, h_real, targets, supervised=True),
+        "De": _losses(heads, h_fake, targets, supervised=False),
+    }
 
 
-def encoder_losses(heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
-                   ) -> dict[str, torch.Tensor]:
+def encoder_losses(
+    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
+) -> dict[str, torch.Tensor]:
     """Losses of the encoder's step: ``E`` (Eq. 10, non-saturating ``-log D(E(c, eps))``), ``C``
     and ``De`` on generated latents (Eq. 12, 13), and ``FM`` (Eq. 14): squared L2 between trunk
     features of each real latent and of the latent generated with the same conditions."""
     with torch.no_grad():
-        f_real = heads.supervise(z_real)[0]
-    f_fake, d_fake, h_fake = heads.supervise(fake)
-    return {"E": F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)),
-            "C": _losses(heads, h_fake, targets, supervised=True),
-            "De": _losses(heads, h_fake, targets, supervised=False),
-            "FM": (f_fake - f_real).pow(2).sum(1).mean() / f_fake.shape[1]}
+        f_real = heads.supervise(z_real, targets)[0]
+    f_fake, d_fake, h_fake = heads.supervise(fake, targets)
+    return {
+        "E": F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)),
+        "C": _losses(heads, h_fake, targets, supervised=True),
+        "De": _losses(heads, h_fake, targets, supervised=False),
+        "FM": _feature_matching(f_fake, f_real, heads.config.feature_matching),
+        "MM": (fake.mean(0) - z_real.mean(0)).pow(2).mean() + (fake.std(0) - z_real.std(0)).pow(2).mean(),
+    }
 
 
-def _finite_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, state: dict,
-                 config: AttachConfig, ckpt: Path) -> bool:
+def _feature_matching(f_fake: torch.Tensor, f_real: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "mean":
+        return (f_fake.mean(0) - f_real.mean(0)).pow(2).mean()
+    return (f_fake - f_real).pow(2).sum(1).mean() / f_fake.shape[1]
+
+
+def _finite_step(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    params: list,
+    state: dict,
+    config: AttachConfig,
+    ckpt: Path,
+) -> bool:
     """Backpropagate ``loss`` into ``params`` and step, unless it is non-finite (then count a skip)."""
     if not torch.isfinite(loss):
         state["skipped"] += 1
         if state["skipped"] > max(10, config.steps // 10):
-            raise FlowcondError(f"attach diverged: {state['skipped']} non-finite steps; lower --lr; "
-                                f"the last good checkpoint is {ckpt}")
+            raise FlowcondError(
+                f"attach diverged: {state['skipped']} non-finite steps; lower --lr; "
+                f"the last good checkpoint is {ckpt}"
+            )
         return False
     opt.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
@@ -147,7 +185,9 @@ def _finite_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, s
     return True
 
 
-def _save_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator, state: dict) -> None:
+def _save_checkpoint(
+    path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator, state: dict
+) -> None:
     tensors = {f"heads.{k}": v for k, v in heads.state_dict().items()}
     groups = {}
     for tag, opt in (("e", opt_e), ("d", opt_d)):
@@ -155,7 +195,9 @@ def _save_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator,
         groups[tag] = sd["param_groups"]
         for idx, st in sd["state"].items():
             for key, val in st.items():
-                tensors[f"optim_{tag}.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+                tensors[f"optim_{tag}.{idx}.{key}"] = (
+                    val if torch.is_tensor(val) else torch.tensor(val)
+                )
     tensors["rng"] = g.get_state()
     safefile.write(path, tensors, {"kind": CHECKPOINT_KIND, "param_groups": groups, **state})
 
@@ -175,19 +217,21 @@ def _load_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator)
 
 
 @torch.no_grad()
-def evaluate_heads(heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 1000, seed: int = 1
-                   ) -> dict[str, Any]:
+def evaluate_heads(
+    heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 1000, seed: int = 1
+) -> dict[str, Any]:
     """Head metrics on real latents (supervised kinds) and on generated latents (all kinds)."""
     heads.eval()
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {}
-    _, d_real, h_real = heads.supervise(z)
+    real_targets = {n: k.targets(labels) for n, k in heads.kinds.items() if k.supervised}
+    _, d_real, h_real = heads.supervise(z, real_targets)
     for name, kind in heads.kinds.items():
         if kind.supervised:
-            out[f"{name}/real"] = kind.metrics(h_real[name], kind.targets(labels))
+            out[f"{name}/real"] = kind.metrics(h_real[name], real_targets[name])
     targets = heads.sample_targets(n_fake, None, g)
     fake = heads.generate(targets, 1.0, g)
-    _, d_fake, h_fake = heads.supervise(fake)
+    _, d_fake, h_fake = heads.supervise(fake, targets)
     for name, kind in heads.kinds.items():
         out[f"{name}/generated"] = kind.metrics(h_fake[name], targets[name])
     out["disc/real_mean_prob"] = float(torch.sigmoid(d_real).mean())
@@ -196,8 +240,13 @@ def evaluate_heads(heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 10
     return out
 
 
-def attach(backbone: Backbone | str | os.PathLike, config: AttachConfig, out: str | os.PathLike,
-           resume: bool = False, progress: bool = True) -> tuple[Heads, dict[str, Any]]:
+def attach(
+    backbone: Backbone | str | os.PathLike,
+    config: AttachConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Heads, dict[str, Any]]:
     """Train heads for ``config.plugins`` on a frozen backbone; write ``out``; return (heads, summary)."""
     t_start = time.perf_counter()
     backbone_path = None
@@ -211,8 +260,10 @@ def attach(backbone: Backbone | str | os.PathLike, config: AttachConfig, out: st
     train = load_dataset(dataset_name, "train", root=config.root, download=config.download)
     test = load_dataset(dataset_name, "test", root=config.root, download=config.download)
     if tuple(train.image_shape) != backbone.image_shape:
-        raise ConfigError(f"dataset {dataset_name!r} has images {tuple(train.image_shape)}, the backbone "
-                          f"expects {backbone.image_shape}")
+        raise ConfigError(
+            f"dataset {dataset_name!r} has images {tuple(train.image_shape)}, the backbone "
+            f"expects {backbone.image_shape}"
+        )
     kinds = build_kinds(config, train)
 
     # the latent cache: the real samples p*(z) = F(x), computed once per backbone and dataset
@@ -223,7 +274,9 @@ def attach(backbone: Backbone | str | os.PathLike, config: AttachConfig, out: st
     z_all, labels_all = cache.load_all()
     z_test, labels_test = test_cache.load_all()
     if not torch.isfinite(z_all).all():
-        raise FlowcondError(f"the latent cache {cache.folder} holds non-finite latents; delete it and retry")
+        raise FlowcondError(
+            f"the latent cache {cache.folder} holds non-finite latents; delete it and retry"
+        )
 
     torch.manual_seed(config.seed)
     heads = Heads(backbone, kinds, config)
@@ -241,16 +294,24 @@ def attach(backbone: Backbone | str | os.PathLike, config: AttachConfig, out: st
     lam = config.lambdas
     n, B = len(z_all), config.batch_size
     heads.train()
-    bar = tqdm(range(state["step"], config.steps), initial=state["step"], total=config.steps, desc="attach",
-               disable=not progress)
+    bar = tqdm(
+        range(state["step"], config.steps),
+        initial=state["step"],
+        total=config.steps,
+        desc="attach",
+        disable=not progress,
+    )
     t_loop = time.perf_counter()
     for step in bar:
         idx = torch.randint(n, (B,), generator=g)
         z_real = z_all[idx]
         targets = {}
         for name, kind in kinds.items():
-            targets[name] = (kind.targets({k: v[idx] for k, v in labels_all.items()}) if kind.supervised
-                             else kind.sample_prior(B, g))
+            targets[name] = (
+                kind.targets({k: v[idx] for k, v in labels_all.items()})
+                if kind.supervised
+                else kind.sample_prior(B, g)
+            )
         c = heads.condition_input(targets)
         eps, eps_res = heads.noise(B, 1.0, g)
 
@@ -260,18 +321,24 @@ def attach(backbone: Backbone | str | os.PathLike, config: AttachConfig, out: st
         if not _finite_step(loss_d, opt_d, sup_params, state, config, ckpt):
             continue
         le = encoder_losses(heads, z_real, fake, targets)  # against the updated block
-        loss_e = lam.E * le["E"] + lam.C * le["C"] + lam.De * le["De"] + lam.FM * le["FM"]
+        loss_e = lam.E * le["E"] + lam.C * le["C"] + lam.De * le["De"] + lam.FM * le["FM"] + lam.MM * le["MM"]
         if not _finite_step(loss_e, opt_e, enc_params, state, config, ckpt):
             continue
         state["step"] = step + 1
         if step % 25 == 0:
-            bar.set_postfix(Di=f"{ld['Di'].item():.3f}", E=f"{le['E'].item():.3f}",
-                            C=f"{ld['C'].item():.3f}/{le['C'].item():.3f}", De=f"{le['De'].item():.3f}",
-                            FM=f"{le['FM'].item():.3f}")
+            bar.set_postfix(
+                Di=f"{ld['Di'].item():.3f}",
+                E=f"{le['E'].item():.3f}",
+                C=f"{ld['C'].item():.3f}/{le['C'].item():.3f}",
+                De=f"{le['De'].item():.3f}",
+                FM=f"{le['FM'].item():.3f}",
+            )
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
             state["train_seconds"] += time.perf_counter() - t_loop
             t_loop = time.perf_counter()
-            _save_checkpoint(ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()})
+            _save_checkpoint(
+                ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()}
+            )
     bar.close()
     state["train_seconds"] += time.perf_counter() - t_loop
 
@@ -295,7 +362,8 @@ def _relative_backbone_path(backbone_path: str | None, out: str | os.PathLike) -
     if backbone_path is None:
         return None
     try:
-        return os.path.relpath(os.path.abspath(backbone_path), os.path.dirname(os.path.abspath(out)))
+        return os.path.relpath(
+            os.path.abspath(backbone_path), os.path.dirname(os.path.abspath(out))
+        )
     except ValueError:
         return os.path.abspath(backbone_path)
-

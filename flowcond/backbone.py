@@ -296,7 +296,7 @@ class Backbone(nn.Module):
         if "config" not in header:
             raise FileFormatError(path, "backbone header has no config")
         try:
-            config = BackboneConfig(**header["config"])
+            config = BackboneConfig.from_header(header["config"])
         except (TypeError, ValueError) as e:
             raise FileFormatError(
                 path, f"invalid backbone config in header: {_one_line(e)}"

@@ -48,9 +48,9 @@ def cli() -> None:
 
 
 def _add_commands() -> None:
-    from . import cli_backbone, cli_evaluator, cli_heads, cli_plugins
+    from . import cli_backbone, cli_evaluate, cli_evaluator, cli_heads, cli_plugins
 
-    for module in (cli_backbone, cli_plugins, cli_heads, cli_evaluator):
+    for module in (cli_backbone, cli_plugins, cli_heads, cli_evaluator, cli_evaluate):
         for command in module.COMMANDS:
             cli.add_command(command)
     plugins.call_hook("register_commands", cli=cli)

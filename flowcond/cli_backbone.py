@@ -35,6 +35,10 @@ def _config_error(e: ValidationError) -> ConfigError:
 @click.option("--n-bits", default=8, show_default=True, help="Bits per colour channel modelled.")
 @click.option("--coupling", type=click.Choice(["affine", "additive"]), default="affine",
               show_default=True)
+@click.option("--scale-map", type=click.Choice(["softclamp", "sigmoid"]), default="softclamp",
+              show_default=True,
+              help="Affine coupling scale: exp(c*tanh(s/c)) or Glow's sigmoid(s+2).")
+@click.option("--scale-clamp", default=2.0, show_default=True, help="c of --scale-map softclamp.")
 @click.option("--lu/--no-lu", default=True, show_default=True,
               help="LU-parametrized 1x1 convolutions.")
 @click.option("--epochs", default=20, show_default=True)
@@ -55,15 +59,15 @@ def _config_error(e: ValidationError) -> ConfigError:
 @click.option("--out", type=click.Path(), required=True,
               help="Backbone file to write (.safetensors).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, coupling, lu,
-                       epochs, batch_size, lr, optimizer, warmup, clip, max_steps, seed, resume,
-                       fast, samples, out, quiet):
+def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, coupling, scale_map,
+                       scale_clamp, lu, epochs, batch_size, lr, optimizer, warmup, clip, max_steps,
+                       seed, resume, fast, samples, out, quiet):
     """Train a multi-scale Glow backbone by maximum likelihood (stage 1)."""
     shape = load_dataset(dataset, "train", root=root, download=download).image_shape
     try:
         bcfg = BackboneConfig(channels=shape[0], height=shape[1], width=shape[2], levels=levels,
-                              steps=steps, hidden=hidden, n_bits=n_bits, coupling=coupling, lu=lu,
-                              seed=seed)
+                              steps=steps, hidden=hidden, n_bits=n_bits, coupling=coupling,
+                              scale_map=scale_map, scale_clamp=scale_clamp, lu=lu, seed=seed)
         tcfg = TrainConfig(dataset=dataset, root=root, download=download, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup,
                            clip=clip, max_steps=max_steps, seed=seed, out=out, resume=resume,

@@ -44,35 +44,79 @@ def _plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
 
 
 @click.command("attach")
-@click.option("--backbone", type=click.Path(), required=True, help="Frozen backbone (.safetensors).")
-@click.option("--plugin", "plugin_names", multiple=True, required=True,
-              help="Condition plugin to attach (repeatable), e.g. ids, attributes, codes.")
-@click.option("--option", "options", multiple=True, help="Plugin option PLUGIN.FIELD=VALUE (repeatable).")
+@click.option(
+    "--backbone", type=click.Path(), required=True, help="Frozen backbone (.safetensors)."
+)
+@click.option(
+    "--plugin",
+    "plugin_names",
+    multiple=True,
+    required=True,
+    help="Condition plugin to attach (repeatable), e.g. ids, attributes, codes.",
+)
+@click.option(
+    "--option", "options", multiple=True, help="Plugin option PLUGIN.FIELD=VALUE (repeatable)."
+)
 @click.option("--dataset", default=None, help="Dataset [default: the backbone's training dataset].")
 @click.option("--root", default=None, help="Data folder for on-disk datasets.")
 @click.option("--steps", default=3000, show_default=True, help="Training steps (D and E updates).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=2e-4, show_default=True)
-@click.option("--encoder", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True)
-@click.option("--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM.")
+@click.option(
+    "--encoder", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True
+)
+@click.option(
+    "--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
-@click.option("--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents].")
+@click.option(
+    "--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents]."
+)
 @click.option("--out", type=click.Path(), required=True, help="Heads file to write (.safetensors).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def attach_cmd(backbone, plugin_names, options, dataset, root, steps, batch_size, lr, encoder, lambdas, seed,
-               resume, cache_dir, out, quiet):
+def attach_cmd(
+    backbone,
+    plugin_names,
+    options,
+    dataset,
+    root,
+    steps,
+    batch_size,
+    lr,
+    encoder,
+    lambdas,
+    seed,
+    resume,
+    cache_dir,
+    out,
+    quiet,
+):
     """Train condition heads (E + supervision block) on a frozen backbone (CAGlow stage 2)."""
     try:
-        config = AttachConfig(plugins=list(plugin_names), plugin_options=_plugin_options(options),
-                              dataset=dataset, root=root, steps=steps, batch_size=batch_size, lr=lr,
-                              encoder=encoder, supervision=encoder, lambdas=Lambdas(**_parse_kv(lambdas, "--lambda")),
-                              seed=seed, cache_dir=cache_dir)
+        config = AttachConfig(
+            plugins=list(plugin_names),
+            plugin_options=_plugin_options(options),
+            dataset=dataset,
+            root=root,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            encoder=encoder,
+            supervision=encoder,
+            lambdas=Lambdas(**_parse_kv(lambdas, "--lambda")),
+            seed=seed,
+            cache_dir=cache_dir,
+        )
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+        msgs = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
+        )
         raise ConfigError(f"invalid attach configuration: {msgs}") from None
     _, summary = attach(backbone, config, out, resume=resume, progress=not quiet)
-    click.echo(f"wrote {out} in {summary['total_seconds']:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)")
+    click.echo(
+        f"wrote {out} in {summary['total_seconds']:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)"
+    )
     for key, value in summary["metrics"].items():
         click.echo(f"  {key}: {json.dumps(value)}")
 
@@ -101,8 +145,12 @@ def _check_out(out: str) -> Path:
     return path
 
 
-backbone_option = click.option("--backbone", type=click.Path(), default=None,
-                               help="Backbone file [default: the one recorded in the heads file].")
+backbone_option = click.option(
+    "--backbone",
+    type=click.Path(),
+    default=None,
+    help="Backbone file [default: the one recorded in the heads file].",
+)
 common = [
     click.option("--temperature", default=0.8, show_default=True, help="Scale of the noise eps."),
     click.option("--seed", default=0, show_default=True),
@@ -118,9 +166,13 @@ def _common(f):
 
 @click.command("sample")
 @click.argument("heads_path", type=click.Path())
-@click.option("--condition", "conditions", multiple=True, help="NAME=VALUE, e.g. ids=7 (repeatable).")
+@click.option(
+    "--condition", "conditions", multiple=True, help="NAME=VALUE, e.g. ids=7 (repeatable)."
+)
 @click.option("--n", default=64, show_default=True, help="Number of images.")
-@click.option("--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions).")
+@click.option(
+    "--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions)."
+)
 @_common
 def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
@@ -157,8 +209,15 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
     """Interpolate between two conditions with fixed noise per row (paper Fig. 5)."""
     path = _png(out)
     heads = _load(heads_path, backbone)
-    images = generate.interpolate(heads, heads.parse_conditions(list(start)), heads.parse_conditions(list(end)),
-                                  steps, rows, temperature, seed)
+    images = generate.interpolate(
+        heads,
+        heads.parse_conditions(list(start)),
+        heads.parse_conditions(list(end)),
+        steps,
+        rows,
+        temperature,
+        seed,
+    )
     cols = [f"{w:.2f}" for w in torch.linspace(0, 1, steps).tolist()]
     save_grid(images, path, nrow=steps, col_labels=cols)
     click.echo(f"wrote {path}: {' '.join(start)} -> {' '.join(end)}, {rows} rows x {steps} steps")
@@ -166,19 +225,33 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
 
 @click.command("explore")
 @click.argument("heads_path", type=click.Path())
-@click.option("--code", default=0, show_default=True, help="Index of the unsupervised code to sweep.")
+@click.option(
+    "--code", default=0, show_default=True, help="Index of the unsupervised code to sweep."
+)
 @click.option("--plugin", default=None, help="Code plugin [default: the first unsupervised one].")
-@click.option("--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable).")
+@click.option(
+    "--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable)."
+)
 @click.option("--steps", default=9, show_default=True)
 @click.option("--rows", default=4, show_default=True)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone):
+def explore_cmd(
+    heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone
+):
     """Sweep one unsupervised code over its range, everything else fixed per row (Fig. 6, 7)."""
     path = _png(out)
     heads = _load(heads_path, backbone)
-    images, values = generate.explore(heads, code, steps, rows, heads.parse_conditions(list(conditions)),
-                                      plugin, temperature, seed)
+    images, values = generate.explore(
+        heads,
+        code,
+        steps,
+        rows,
+        heads.parse_conditions(list(conditions)),
+        plugin,
+        temperature,
+        seed,
+    )
     save_grid(images, path, nrow=steps, col_labels=[f"{v:+.2f}" for v in values])
     click.echo(f"wrote {path}: code {code} from {values[0]:+.2f} to {values[-1]:+.2f}")
 
@@ -186,7 +259,9 @@ def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperat
 @click.command("manipulate")
 @click.argument("heads_path", type=click.Path())
 @click.option("--condition", "conditions", multiple=True, help="Starting condition NAME=VALUE.")
-@click.option("--add", "edits", multiple=True, required=True, help="Cumulative edit NAME=VALUE (repeatable).")
+@click.option(
+    "--add", "edits", multiple=True, required=True, help="Cumulative edit NAME=VALUE (repeatable)."
+)
 @click.option("--rows", default=4, show_default=True)
 @click.option("--out", required=True, help="Output .png.")
 @_common
@@ -194,8 +269,9 @@ def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, 
     """Apply cumulative condition edits, one column per edit (paper Fig. 4)."""
     path = _png(out)
     heads = _load(heads_path, backbone)
-    images, labels = generate.manipulate(heads, heads.parse_conditions(list(conditions)), list(edits), rows,
-                                         temperature, seed)
+    images, labels = generate.manipulate(
+        heads, heads.parse_conditions(list(conditions)), list(edits), rows, temperature, seed
+    )
     save_grid(images, path, nrow=len(labels), col_labels=labels)
     click.echo(f"wrote {path}: {' | '.join(labels)}")
 

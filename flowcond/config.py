@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,7 +24,8 @@ class BackboneConfig(BaseModel):
     coupling: Literal["affine", "additive"] = "affine"
     scale_map: Literal["softclamp", "sigmoid"] = Field(
         "softclamp",
-        description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding) or Glow's sigmoid(s+2)",
+        description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding) or Glow's "
+        "sigmoid(s+2) (files written before this field existed: sigmoid)",
     )
     scale_clamp: float = Field(2.0, gt=0, description="c of the softclamp scale map")
     lu: bool = Field(True, description="LU-parametrized invertible 1x1 convolutions")
@@ -41,6 +42,17 @@ class BackboneConfig(BaseModel):
                     f"pad or resize the images, or use fewer levels"
                 )
         return self
+
+    @classmethod
+    def from_header(cls, data: Any) -> BackboneConfig:
+        """The config stored in a file header. Files written before ``scale_map`` existed used
+        Glow's ``sigmoid(s + 2)`` scale, so a missing ``scale_map`` means ``"sigmoid"`` there
+        (not the current default)."""
+        if isinstance(data, dict) and "scale_map" not in data:
+            data = {**data, "scale_map": "sigmoid"}
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be a JSON object, got {type(data).__name__}")
+        return cls(**data)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

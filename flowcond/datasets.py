@@ -72,12 +72,17 @@ class ImageDataset(Dataset):
         return img, {k: v[i] for k, v in self.labels.items()}
 
     def describe(self) -> dict[str, Any]:
-        return {**self.spec, "size": len(self), "image_shape": list(self.image_shape),
-                "labels": [f.to_dict() for f in self.schema.values()]}
+        return {
+            **self.spec,
+            "size": len(self),
+            "image_shape": list(self.image_shape),
+            "labels": [f.to_dict() for f in self.schema.values()],
+        }
 
 
-def load_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
-                 **options: Any) -> ImageDataset:
+def load_dataset(
+    name: str, split: str = "train", root: str | None = None, download: bool = False, **options: Any
+) -> ImageDataset:
     """Load a registered dataset by name (``flowcond plugins`` lists them)."""
     from .plugins import datasets
 

@@ -1,8 +1,10 @@
 """A faster ``inverse_and_log_det`` (image -> latents) for the backbone's normflows Glow.
 
 Same math as normflows' ``MultiscaleFlow.inverse_and_log_det`` for the exact architecture built by
-``flowcond.backbone._build_flow`` (GlowBlock: ActNorm, invertible 1x1 conv, affine or additive
-coupling with a ``3-1-3`` ConvNet2d; Squeeze; channel Merge), read from the same normflows modules
+``flowcond.backbone._build_flow`` (GlowBlock: ActNorm, invertible 1x1 conv, affine coupling with
+Glow's ``sigmoid(s + 2)`` scale or the soft-clamped ``exp(c tanh(s / c))`` scale of
+:mod:`flowcond.coupling`, or additive coupling, each with a ``3-1-3`` ConvNet2d; Squeeze; channel
+Merge), read from the same normflows modules
 and parameters, so the weights, the state dict and the file format are untouched. It differs only
 in how the work is laid out for the CPU (oneDNN):
 
@@ -34,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coupling import SoftClampedParams
+
 __all__ = ["FastGlow", "supported"]
 
 
@@ -49,6 +53,8 @@ class _Block:
     conv_b: nn.Conv2d
     conv_c: nn.Conv2d
     channels: int
+    mode: str  # "sigmoid", "softclamp" or "additive"
+    clamp: float = 0.0
 
 
 def _parse_block(block: nn.Module) -> _Block | None:
@@ -67,9 +73,15 @@ def _parse_block(block: nn.Module) -> _Block | None:
             or split.mode != "channel" or merge.mode != "channel"
             or type(coupling) is not nf.flows.AffineCoupling):
         return None
-    if coupling.scale and coupling.scale_map != "sigmoid":
+    net, clamp = coupling.param_map, 0.0
+    if not coupling.scale:
+        mode = "additive"
+    elif coupling.scale_map == "sigmoid":
+        mode = "sigmoid"
+    elif coupling.scale_map == "exp" and type(net) is SoftClampedParams:
+        mode, clamp, net = "softclamp", float(net.clamp), net.net
+    else:
         return None
-    net = coupling.param_map
     if type(net) is not nf.nets.ConvNet2d:
         return None
     layers = list(net.net)
@@ -89,7 +101,7 @@ def _parse_block(block: nn.Module) -> _Block | None:
         return None
     if tuple(flows[-1].s.shape) != (1, channels, 1, 1):
         return None
-    return _Block(flows[-1], invconv, coupling, conv_a, conv_b, conv_c, channels)
+    return _Block(flows[-1], invconv, coupling, conv_a, conv_b, conv_c, channels, mode, clamp)
 
 
 def _parse(flow: nn.Module) -> list[list[_Block]] | None:
@@ -216,7 +228,7 @@ class _Step:
     """Weights of one GlowBlock in the form the fast path uses (live or frozen copies)."""
 
     __slots__ = ("lin_w", "lin_b", "lin_logdet", "wa", "ba", "wb", "bb", "wc", "bc", "half",
-                 "scale", "fwd_w", "fwd_b")
+                 "mode", "clamp", "fwd_w", "fwd_b")
 
 
 class FastGlow:
@@ -290,7 +302,7 @@ class FastGlow:
     def _coupling_weights(blk: _Block) -> tuple[torch.Tensor, torch.Tensor]:
         """conv_c's weight and bias with output channels reordered to [shift..., scale...]."""
         wc, bc = blk.conv_c.weight, blk.conv_c.bias
-        if blk.coupling.scale:
+        if blk.mode != "additive":
             n = wc.shape[0]
             perm = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2)]).to(wc.device)
             wc, bc = wc.index_select(0, perm), bc.index_select(0, perm)
@@ -307,7 +319,7 @@ class FastGlow:
                 p.wa, p.ba = blk.conv_a.weight, blk.conv_a.bias
                 p.wb, p.bb = blk.conv_b.weight, blk.conv_b.bias
                 p.wc, p.bc = self._coupling_weights(blk)
-                p.half, p.scale = blk.channels // 2, blk.coupling.scale
+                p.half, p.mode, p.clamp = blk.channels // 2, blk.mode, blk.clamp
                 level.append(p)
             out.append(level)
         return out
@@ -344,7 +356,7 @@ class FastGlow:
                     wc, bc = self._coupling_weights(blk)
                     p.wc = wc.to(dt).contiguous(memory_format=cl)
                     p.bc = bc.to(dt).clone()
-                    p.half, p.scale = blk.channels // 2, blk.coupling.scale
+                    p.half, p.mode, p.clamp = blk.channels // 2, blk.mode, blk.clamp
                     level.append(p)
                 plan.append(level)
         if key is not None:
@@ -389,11 +401,16 @@ class FastGlow:
         x1 = x[..., :c].contiguous()
         x2 = x[..., c:]
         out = self._net(x1, p, fused)
-        if p.scale:
+        if p.mode == "sigmoid":  # normflows: scale = sigmoid(s + 2); z2 = (z2 - shift) * scale
             shift, raw = out[..., :c], out[..., c:] + 2.0
             x2 = (x2 - shift) * torch.sigmoid(raw)
             if ld is not None:
                 ld = ld + F.logsigmoid(raw).sum(dim=(1, 2, 3))
+        elif p.mode == "softclamp":  # log-scale c tanh(s / c); z2 = (z2 - shift) * exp(-log-scale)
+            shift, log_scale = out[..., :c], p.clamp * torch.tanh(out[..., c:] / p.clamp)
+            x2 = (x2 - shift) * torch.exp(-log_scale)
+            if ld is not None:
+                ld = ld - log_scale.sum(dim=(1, 2, 3))
         else:
             x2 = x2 - out
         return torch.cat([x1, x2], dim=-1), ld
@@ -408,8 +425,11 @@ class FastGlow:
                 c = p.half
                 x1 = x[..., :c].contiguous()
                 out = self._net(x1, p, fused)
-                if p.scale:
+                if p.mode == "sigmoid":
                     x2 = x[..., c:] / torch.sigmoid(out[..., c:] + 2.0) + out[..., :c]
+                elif p.mode == "softclamp":
+                    log_scale = p.clamp * torch.tanh(out[..., c:] / p.clamp)
+                    x2 = x[..., c:] * torch.exp(log_scale) + out[..., :c]
                 else:
                     x2 = x[..., c:] + out
                 x = F.linear(torch.cat([x1, x2], dim=-1), p.fwd_w, p.fwd_b)

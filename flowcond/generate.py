@@ -14,16 +14,24 @@ from .errors import ConfigError
 from .heads import Heads
 
 
-def _row_noise(heads: Heads, rows: int, cols: int, temperature: float, g: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_noise(
+    heads: Heads, rows: int, cols: int, temperature: float, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same noise across each row: ``rows`` draws, each repeated ``cols`` times."""
     eps, eps_res = heads.noise(rows, temperature, g)
     return eps.repeat_interleave(cols, 0), eps_res.repeat_interleave(cols, 0)
 
 
 @torch.no_grad()
-def interpolate(heads: Heads, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor],
-                steps: int = 8, rows: int = 4, temperature: float = 0.8, seed: int = 0) -> torch.Tensor:
+def interpolate(
+    heads: Heads,
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    steps: int = 8,
+    rows: int = 4,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> torch.Tensor:
     """Linear interpolation of the encoder input from ``start`` to ``end`` conditions (Fig. 5)."""
     g = torch.Generator().manual_seed(seed)
     base = heads.sample_targets(rows, None, g)
@@ -36,8 +44,14 @@ def interpolate(heads: Heads, start: Mapping[str, torch.Tensor], end: Mapping[st
 
 
 @torch.no_grad()
-def manipulate(heads: Heads, start: Mapping[str, torch.Tensor], edits: Sequence[str], rows: int = 4,
-               temperature: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+def manipulate(
+    heads: Heads,
+    start: Mapping[str, torch.Tensor],
+    edits: Sequence[str],
+    rows: int = 4,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[str]]:
     """Cumulative edits (Fig. 4): column 0 is ``start``, column k applies the first k ``--add`` edits."""
     g = torch.Generator().manual_seed(seed)
     targets = heads.sample_targets(rows, start, g)
@@ -45,7 +59,9 @@ def manipulate(heads: Heads, start: Mapping[str, torch.Tensor], edits: Sequence[
     for edit in edits:
         name, sep, value = edit.partition("=")
         if not sep or name not in heads.kinds:
-            raise ConfigError(f"--add {edit!r}: expected NAME=VALUE with NAME one of {', '.join(heads.kinds)}")
+            raise ConfigError(
+                f"--add {edit!r}: expected NAME=VALUE with NAME one of {', '.join(heads.kinds)}"
+            )
         kind = heads.kinds[name]
         prev = columns[-1]
         new = dict(prev)
@@ -59,12 +75,22 @@ def manipulate(heads: Heads, start: Mapping[str, torch.Tensor], edits: Sequence[
 
 
 @torch.no_grad()
-def explore(heads: Heads, code: int, steps: int = 9, rows: int = 4, given: Mapping[str, torch.Tensor] | None = None,
-            plugin: str | None = None, temperature: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, list[float]]:
+def explore(
+    heads: Heads,
+    code: int,
+    steps: int = 9,
+    rows: int = 4,
+    given: Mapping[str, torch.Tensor] | None = None,
+    plugin: str | None = None,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[float]]:
     """Sweep unsupervised code ``code`` over its range, everything else fixed per row (Fig. 6, 7)."""
     names = [n for n, k in heads.kinds.items() if not k.supervised] if plugin is None else [plugin]
     if not names or names[0] not in heads.kinds:
-        raise ConfigError("explore needs an attached unsupervised code plugin (e.g. --plugin codes)")
+        raise ConfigError(
+            "explore needs an attached unsupervised code plugin (e.g. --plugin codes)"
+        )
     name = names[0]
     kind = heads.kinds[name]
     width = kind.target_shape[0] if kind.target_shape else 1
@@ -86,8 +112,14 @@ def explore(heads: Heads, code: int, steps: int = 9, rows: int = 4, given: Mappi
 
 
 @torch.no_grad()
-def sample_rows(heads: Heads, given: Mapping[str, torch.Tensor], n: int, per_row: int,
-                temperature: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+def sample_rows(
+    heads: Heads,
+    given: Mapping[str, torch.Tensor],
+    n: int,
+    per_row: int,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
     """``n`` samples where each row of ``per_row`` images shares its conditions (given ones fixed,
     others drawn once per row from their priors). Returns images, targets and a label per row."""
     g = torch.Generator().manual_seed(seed)
@@ -95,5 +127,8 @@ def sample_rows(heads: Heads, given: Mapping[str, torch.Tensor], n: int, per_row
     row_targets = heads.sample_targets(rows, given, g)
     targets = {k: v.repeat_interleave(per_row, 0)[:n] for k, v in row_targets.items()}
     images = heads.decode(heads.generate(targets, temperature, g))
-    labels = [" ".join(f"{k}={heads.kinds[k].format(v[r])}" for k, v in row_targets.items()) for r in range(rows)]
+    labels = [
+        " ".join(f"{k}={heads.kinds[k].format(v[r])}" for k, v in row_targets.items())
+        for r in range(rows)
+    ]
     return images, targets, labels

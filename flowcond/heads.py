@@ -46,10 +46,25 @@ class Heads(nn.Module):
         sup_kind = resolve_module_kind(config.supervision, backbone)
         self.inputs = nn.ModuleDict({n: k.input_module() for n, k in self.kinds.items()})
         self.cond_dim = sum(k.input_dim for k in self.kinds.values())
-        self.encoder = Encoder(self.cond_dim, backbone.latent_dim, enc_kind, config.hidden, config.noise_dim,
-                               config.residual_noise, backbone.spatial_shape)
-        self.supervision = SupervisionBlock(backbone.latent_dim, {n: k.head_dim for n, k in self.kinds.items()},
-                                            sup_kind, config.trunk_hidden, backbone.spatial_shape)
+        self.encoder = Encoder(
+            self.cond_dim,
+            backbone.latent_dim,
+            enc_kind,
+            config.hidden,
+            config.noise_dim,
+            config.residual_noise,
+            backbone.spatial_shape,
+        )
+        self.supervision = SupervisionBlock(
+            backbone.latent_dim,
+            {n: k.head_dim for n, k in self.kinds.items()},
+            sup_kind,
+            config.trunk_hidden,
+            backbone.spatial_shape,
+            cond_dim=sum(k.input_dim for k in self.kinds.values() if k.supervised)
+            if config.conditional_discriminator
+            else 0,
+        )
 
     # -------------------------------------------------------------- conditions
     def condition_input(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -66,10 +81,14 @@ class Heads(nn.Module):
             name, sep, value = item.partition("=")
             name = name.strip()
             if not sep:
-                raise ConfigError(f"condition {item!r} must look like NAME=VALUE, e.g. {self._example()}")
+                raise ConfigError(
+                    f"condition {item!r} must look like NAME=VALUE, e.g. {self._example()}"
+                )
             if name not in self.kinds:
-                raise ConfigError(f"condition {item!r}: plugin {name!r} is not attached; this heads file has "
-                                  f"{', '.join(self.kinds)}")
+                raise ConfigError(
+                    f"condition {item!r}: plugin {name!r} is not attached; this heads file has "
+                    f"{', '.join(self.kinds)}"
+                )
             out[name] = self.kinds[name].parse(value.strip())
         return out
 
@@ -85,8 +104,12 @@ class Heads(nn.Module):
             out[name] = t.unsqueeze(0).expand(n, *t.shape).clone() if single else t
         return out
 
-    def sample_targets(self, n: int, given: Mapping[str, torch.Tensor] | None = None,
-                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample_targets(
+        self,
+        n: int,
+        given: Mapping[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """``n`` targets per plugin: the given one repeated, else drawn from the plugin's prior."""
         out = self.expand_targets(n, given or {})
         for name, kind in self.kinds.items():
@@ -95,36 +118,63 @@ class Heads(nn.Module):
         return {name: out[name] for name in self.kinds}
 
     # ----------------------------------------------------------------- latents
-    def noise(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def noise(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         eps = torch.randn(n, self.encoder.noise_dim, generator=generator) * temperature
         eps_res = torch.randn(n, self.backbone.latent_dim, generator=generator) * temperature
         return eps, eps_res
 
-    def generate_from_input(self, c: torch.Tensor, eps: torch.Tensor, eps_res: torch.Tensor) -> torch.Tensor:
+    def generate_from_input(
+        self, c: torch.Tensor, eps: torch.Tensor, eps_res: torch.Tensor
+    ) -> torch.Tensor:
         """Encoder input + noise -> flat standardized latent ``(B, D)``."""
         out = self.encoder(c, eps, eps_res)
         return self.backbone.to_flat(out) if self.encoder.spatial else out
 
-    def generate(self, targets: Mapping[str, torch.Tensor], temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        targets: Mapping[str, torch.Tensor],
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """``E(c, eps)``: targets -> flat latents, noise at ``temperature``."""
         c = self.condition_input(targets)
         eps, eps_res = self.noise(c.shape[0], temperature, generator)
         return self.generate_from_input(c, eps, eps_res)
 
-    def supervise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Flat latents -> (trunk features, discriminator logits, head outputs)."""
-        return self.supervision(self.backbone.to_spatial(z) if self.supervision.spatial else z)
+    def supervised_input(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder inputs of the supervised kinds only (what a conditional discriminator sees)."""
+        parts = [self.inputs[n](targets[n]) for n, k in self.kinds.items() if k.supervised]
+        return torch.cat(parts, dim=1) if parts else torch.zeros(len(next(iter(targets.values()))), 0)
+
+    def supervise(
+        self, z: torch.Tensor, targets: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Flat latents -> (trunk features, discriminator logits, head outputs).
+
+        With ``conditional_discriminator``, the logits also depend on the supervised ``targets``.
+        """
+        c = None
+        if targets is not None and self.supervision.projection is not None:
+            c = self.supervised_input(targets).detach()
+        return self.supervision(self.backbone.to_spatial(z) if self.supervision.spatial else z, c)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Latents -> images through the frozen backbone, in batches."""
-        return torch.cat([self.backbone.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+        return torch.cat(
+            [self.backbone.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)]
+        )
 
     @torch.no_grad()
-    def sample(self, conditions: Mapping[str, torch.Tensor] | Sequence[str] | None = None, n: int = 16,
-               temperature: float = 0.8, seed: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def sample(
+        self,
+        conditions: Mapping[str, torch.Tensor] | Sequence[str] | None = None,
+        n: int = 16,
+        temperature: float = 0.8,
+        seed: int | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``n`` images ``x = F^-1(E(c, eps))`` for the given conditions (others from their priors).
 
         ``conditions`` is ``{"ids": tensor(7)}`` or ``["ids=7"]``. Returns (images, targets).
@@ -148,13 +198,23 @@ class Heads(nn.Module):
             reg = plugins.condition_kinds().get(name)
             plugin = reg.plugin if reg else None
             mod = plugins.pm.get_plugin(plugin) if plugin else None
-            entries.append({"name": name, "plugin": plugin, "version": plugins.plugin_version(mod) if mod else None,
-                            "options": kind.options.model_dump(), "state": kind.state()})
+            entries.append(
+                {
+                    "name": name,
+                    "plugin": plugin,
+                    "version": plugins.plugin_version(mod) if mod else None,
+                    "options": kind.options.model_dump(),
+                    "state": kind.state(),
+                }
+            )
         weights = self.head_weights()
         header = {
             "kind": KIND,
-            "backbone": {"content_hash": self.backbone.content_hash, "config": self.backbone.config.model_dump(),
-                         "path": metadata.pop("backbone_path", None)},
+            "backbone": {
+                "content_hash": self.backbone.content_hash,
+                "config": self.backbone.config.model_dump(),
+                "path": metadata.pop("backbone_path", None),
+            },
             "plugins": entries,
             "attach_config": self.config.model_dump(),
             "content_hash": safefile.content_hash(weights),
@@ -163,7 +223,9 @@ class Heads(nn.Module):
         safefile.write(path, weights, header)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None) -> Heads:
+    def load(
+        cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None
+    ) -> Heads:
         """Validate and load a heads file onto ``backbone`` (default: the backbone path it records)."""
         from . import plugins
         from .attach import AttachConfig
@@ -177,7 +239,9 @@ class Heads(nn.Module):
             candidates = [Path(recorded), Path(path).parent / recorded]
             found = next((p for p in candidates if p.is_file()), None)
             if found is None:
-                raise FileFormatError(path, f"its backbone {recorded} was not found; pass --backbone")
+                raise FileFormatError(
+                    path, f"its backbone {recorded} was not found; pass --backbone"
+                )
             backbone = found
         bb_path = backbone if not isinstance(backbone, Backbone) else None
         if bb_path is not None:
@@ -185,15 +249,19 @@ class Heads(nn.Module):
         if backbone.content_hash != bb_info.get("content_hash"):
             where = f" ({bb_path})" if bb_path else ""
             raise FileFormatError(
-                path, f"was attached to backbone {str(bb_info.get('content_hash'))[:12]}, not to the given "
-                f"backbone{where} {backbone.content_hash[:12]}")
+                path,
+                f"was attached to backbone {str(bb_info.get('content_hash'))[:12]}, not to the given "
+                f"backbone{where} {backbone.content_hash[:12]}",
+            )
         kinds = {}
         available = plugins.condition_kinds()
         for entry in header.get("plugins", []):
             name = entry["name"]
             if name not in available:
-                raise PluginError(f"{path}: needs condition plugin {name!r} (from {entry.get('plugin')}, version "
-                                  f"{entry.get('version')}), which is not installed")
+                raise PluginError(
+                    f"{path}: needs condition plugin {name!r} (from {entry.get('plugin')}, version "
+                    f"{entry.get('version')}), which is not installed"
+                )
             kinds[name] = available[name].obj(entry.get("options"), entry.get("state", {}))
         try:
             config = AttachConfig(**header["attach_config"])
@@ -204,6 +272,8 @@ class Heads(nn.Module):
         try:
             heads.load_state_dict(tensors, strict=True)
         except RuntimeError as e:
-            raise FileFormatError(path, f"weights do not match the header: {' '.join(str(e).split())[:300]}") from None
+            raise FileFormatError(
+                path, f"weights do not match the header: {' '.join(str(e).split())[:300]}"
+            ) from None
         heads.metadata = {k: v for k, v in header.items() if k not in ("kind", "format_version")}
         return heads.eval()

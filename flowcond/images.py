@@ -12,8 +12,13 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 
-def grid_image(x: torch.Tensor, nrow: int, row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, scale: int = 2) -> Image.Image:
+def grid_image(
+    x: torch.Tensor,
+    nrow: int,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    scale: int = 2,
+) -> Image.Image:
     """Images ``(N, C, H, W)`` in [0, 1] -> a PIL grid, ``nrow`` images per row, upscaled ``scale``x,
     with optional text labels left of each row and above each column."""
     grid = make_grid(x.detach().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
@@ -36,12 +41,22 @@ def grid_image(x: torch.Tensor, nrow: int, row_labels: Sequence[str] | None = No
     if col_labels:
         col_w = img.width / len(col_labels)
         for j, label in enumerate(col_labels):
-            draw.text((left + int(j * col_w) + 2, 1), label[: max(1, int(col_w // 6))], fill="black", font=font)
+            draw.text(
+                (left + int(j * col_w) + 2, 1),
+                label[: max(1, int(col_w // 6))],
+                fill="black",
+                font=font,
+            )
     return out
 
 
-def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int = 8,
-              row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None) -> Path:
+def save_grid(
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int = 8,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+) -> Path:
     """Write a PNG grid atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,9 @@ SHARD_KIND = "latent-shard"
 
 def default_cache_dir() -> Path:
     """``$FLOWCOND_CACHE`` or ``~/.cache/flowcond``, plus ``latents``."""
-    base = os.environ.get("FLOWCOND_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "flowcond")
+    base = os.environ.get("FLOWCOND_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "flowcond"
+    )
     return Path(base) / "latents"
 
 
@@ -46,8 +48,15 @@ class LatentCache:
         return [self.folder / s for s in self.manifest["shards"]]
 
     @classmethod
-    def build(cls, backbone: Backbone, dataset: ImageDataset, cache_dir: str | os.PathLike | None = None,
-              batch_size: int = 256, shard_size: int = 20_000, progress: bool = True) -> LatentCache:
+    def build(
+        cls,
+        backbone: Backbone,
+        dataset: ImageDataset,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 256,
+        shard_size: int = 20_000,
+        progress: bool = True,
+    ) -> LatentCache:
         """Return the cache for (backbone, dataset), encoding it first if needed."""
         spec = dict(dataset.spec)
         name = f"{spec.get('name', 'data')}-{spec.get('split', 'all')}".replace(os.sep, "_")
@@ -78,12 +87,22 @@ class LatentCache:
                 tensors[f"label.{k}"] = torch.cat(v)
                 v.clear()
             fname = f"shard-{len(shards):05d}.safetensors"
-            safefile.write(folder / fname, tensors, {"kind": SHARD_KIND, "backbone_hash": backbone.content_hash})
+            safefile.write(
+                folder / fname,
+                tensors,
+                {"kind": SHARD_KIND, "backbone_hash": backbone.content_hash},
+            )
             shards.append(fname)
             buf_z = []
 
         device = backbone.device
-        bar = tqdm(total=len(dataset), desc=f"encoding {name}", unit="img", disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(dataset),
+            desc=f"encoding {name}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+        )
         with torch.inference_mode():
             for start in range(0, len(dataset), batch_size):
                 idx = range(start, min(start + batch_size, len(dataset)))
@@ -119,7 +138,9 @@ class LatentCache:
                 labels.setdefault(k, []).append(v)
         return torch.cat(zs), {k: torch.cat(v) for k, v in labels.items()}
 
-    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, dict]]:
+    def stream(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
         """Endless shuffled batches, one shard in memory at a time (for data larger than memory)."""
         while True:
             for i in torch.randperm(len(self.shards), generator=generator).tolist():

@@ -14,8 +14,15 @@ class SupervisionBlock(nn.Module):
     then FC heads. The trunk features also serve feature matching (Eq. 14).
     """
 
-    def __init__(self, latent_dim: int, head_dims: dict[str, int], kind: str = "mlp", hidden: int = 64,
-                 spatial_shape: tuple[int, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        head_dims: dict[str, int],
+        kind: str = "mlp",
+        hidden: int = 64,
+        spatial_shape: tuple[int, int, int] | None = None,
+        cond_dim: int = 0,
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.spatial = kind == "conv"
@@ -27,8 +34,10 @@ class SupervisionBlock(nn.Module):
                 raise ValueError("conv supervision block needs the spatial latent shape")
             c, h, w = spatial_shape
             self.trunk = nn.Sequential(
-                nn.Conv2d(c, 64, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-                nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(c, 64, 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(64, 128, 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
                 nn.Flatten(),
             )
             with torch.no_grad():
@@ -37,9 +46,17 @@ class SupervisionBlock(nn.Module):
             raise ValueError(f"supervision block kind must be 'mlp' or 'conv', got {kind!r}")
         self.feature_dim = width
         self.disc = nn.Linear(width, 1)
+        # projection discriminator term <W c, f(z)> for the supervised conditions c (optional)
+        self.projection = nn.Linear(cond_dim, width, bias=False) if cond_dim else None
         self.heads = nn.ModuleDict({name: nn.Linear(width, d) for name, d in head_dims.items()})
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Latents -> (trunk features, discriminator logits (B,), {plugin: head output})."""
+    def forward(
+        self, z: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Latents (and supervised condition inputs ``c``, for a conditional discriminator) ->
+        (trunk features, discriminator logits (B,), {plugin: head output})."""
         f = self.trunk(z)
-        return f, self.disc(f).squeeze(1), {name: head(f) for name, head in self.heads.items()}
+        logits = self.disc(f).squeeze(1)
+        if self.projection is not None and c is not None:
+            logits = logits + (self.projection(c) * f).sum(1)
+        return f, logits, {name: head(f) for name, head in self.heads.items()}

@@ -101,10 +101,17 @@ def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
 def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
                      bcfg: BackboneConfig, cfg: TrainConfig) -> dict[str, Any]:
     tensors, header = safefile.read(path, CHECKPOINT_KIND)
-    if header.get("config") != bcfg.model_dump():
+    try:
+        written_for = BackboneConfig.from_header(header.get("config"))
+    except (TypeError, ValueError) as e:
+        problem = " ".join(str(e).split())[:300]
+        raise FileFormatError(path, f"invalid backbone config in checkpoint: {problem}") from None
+    if written_for != bcfg:
+        changed = {k: v for k, v in written_for.model_dump().items() if bcfg.model_dump()[k] != v}
         raise ConfigError(
-            f"{path}: the checkpoint was written for backbone config {header.get('config')}, "
-            f"not {bcfg.model_dump()}; resume with the same options or choose another --out"
+            f"{path}: the checkpoint was written for backbone config {changed} (now "
+            f"{ {k: getattr(bcfg, k) for k in changed} }); resume with the same options or "
+            f"choose another --out"
         )
     old_train = header.get("train_config") or {}
     for key in ("dataset", "batch_size", "seed", "optimizer"):

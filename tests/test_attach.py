@@ -10,7 +10,13 @@ import torch
 from click.testing import CliRunner
 
 from flowcond import Backbone, BackboneConfig
-from flowcond.attach import AttachConfig, attach, checkpoint_path, encoder_losses, supervision_losses
+from flowcond.attach import (
+    AttachConfig,
+    attach,
+    checkpoint_path,
+    encoder_losses,
+    supervision_losses,
+)
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
@@ -19,7 +25,9 @@ from flowcond.testing import tiny_image_dataset
 
 
 def _tiny_backbone(seed: int = 0) -> Backbone:
-    bb = Backbone(BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8, seed=seed))
+    bb = Backbone(
+        BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8, seed=seed)
+    )
     bb.initialize(load_dataset("digits", "train").images[:128])
     return bb.freeze()
 
@@ -32,8 +40,13 @@ def backbone_file(tmp_path_factory):
 
 
 def _config(tmp_path, **kw) -> AttachConfig:
-    base = dict(plugins=["ids", "codes"], steps=12, batch_size=16, checkpoint_every=6,
-                cache_dir=str(tmp_path / "cache"))
+    base = dict(
+        plugins=["ids", "codes"],
+        steps=12,
+        batch_size=16,
+        checkpoint_every=6,
+        cache_dir=str(tmp_path / "cache"),
+    )
     return AttachConfig(**{**base, **kw})
 
 
@@ -155,28 +168,49 @@ def test_resume_continues_exactly(backbone_file, tmp_path):
 def test_nan_during_attach_is_a_clear_error(backbone_file, tmp_path, monkeypatch):
     from flowcond import encoder
 
-    monkeypatch.setattr(encoder.Encoder, "forward", lambda self, c, eps, eps_res=None: torch.full(
-        (c.shape[0], 64), float("nan")))
+    monkeypatch.setattr(
+        encoder.Encoder,
+        "forward",
+        lambda self, c, eps, eps_res=None: torch.full((c.shape[0], 64), float("nan")),
+    )
     with pytest.raises(FlowcondError, match="diverged"):
-        attach(backbone_file, _config(tmp_path, steps=30), tmp_path / "nan.heads.safetensors", progress=False)
+        attach(
+            backbone_file,
+            _config(tmp_path, steps=30),
+            tmp_path / "nan.heads.safetensors",
+            progress=False,
+        )
 
 
 def test_unknown_plugin_and_bad_options_are_named(backbone_file, tmp_path):
     with pytest.raises(PluginError, match="unknown condition plugin 'nope'"):
-        attach(backbone_file, _config(tmp_path, plugins=["nope"]), tmp_path / "x.safetensors", progress=False)
+        attach(
+            backbone_file,
+            _config(tmp_path, plugins=["nope"]),
+            tmp_path / "x.safetensors",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="'codes'"):
-        attach(backbone_file, _config(tmp_path, plugin_options={"codes": {"bogus": 1}}),
-               tmp_path / "x.safetensors", progress=False)
+        attach(
+            backbone_file,
+            _config(tmp_path, plugin_options={"codes": {"bogus": 1}}),
+            tmp_path / "x.safetensors",
+            progress=False,
+        )
 
 
 def test_cli_sample_png_and_npz(heads_file, tmp_path):
     runner = CliRunner()
     png = tmp_path / "sevens.png"
-    r = runner.invoke(cli, ["sample", str(heads_file), "--condition", "ids=7", "--n", "9", "--out", str(png)])
+    r = runner.invoke(
+        cli, ["sample", str(heads_file), "--condition", "ids=7", "--n", "9", "--out", str(png)]
+    )
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     npz = tmp_path / "threes.npz"
-    r = runner.invoke(cli, ["sample", str(heads_file), "--condition", "ids=3", "--n", "10", "--out", str(npz)])
+    r = runner.invoke(
+        cli, ["sample", str(heads_file), "--condition", "ids=3", "--n", "10", "--out", str(npz)]
+    )
     assert r.exit_code == 0, r.output
     with np.load(npz) as d:
         assert d["images"].shape == (10, 1, 8, 8) and d["images"].dtype == np.float32
@@ -186,19 +220,25 @@ def test_cli_sample_png_and_npz(heads_file, tmp_path):
 
 
 def test_cli_bad_condition_is_one_line(heads_file, tmp_path):
-    r = CliRunner().invoke(cli, ["sample", str(heads_file), "--condition", "ids=twelve", "--out",
-                                 str(tmp_path / "x.png")])
+    r = CliRunner().invoke(
+        cli,
+        ["sample", str(heads_file), "--condition", "ids=twelve", "--out", str(tmp_path / "x.png")],
+    )
     assert r.exit_code != 0
     assert "Error: condition plugin 'ids'" in r.output and "Traceback" not in r.output
 
 
 def test_cli_interpolate_explore_manipulate(heads_file, tmp_path):
     runner = CliRunner()
-    for args in (["interpolate", "--from", "ids=1", "--to", "ids=7", "--steps", "5"],
-                 ["explore", "--code", "1", "--steps", "5"],
-                 ["manipulate", "--condition", "ids=1", "--add", "ids=2", "--add", "codes=1,1"]):
+    for args in (
+        ["interpolate", "--from", "ids=1", "--to", "ids=7", "--steps", "5"],
+        ["explore", "--code", "1", "--steps", "5"],
+        ["manipulate", "--condition", "ids=1", "--add", "ids=2", "--add", "codes=1,1"],
+    ):
         out = tmp_path / f"{args[0]}.png"
-        r = runner.invoke(cli, [args[0], str(heads_file), *args[1:], "--rows", "2", "--out", str(out)])
+        r = runner.invoke(
+            cli, [args[0], str(heads_file), *args[1:], "--rows", "2", "--out", str(out)]
+        )
         assert r.exit_code == 0, r.output
         assert out.stat().st_size > 0
 

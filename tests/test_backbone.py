@@ -84,7 +84,15 @@ def test_shapes():
 # ------------------------------------------------------------------ inverse
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"lu": False}, {"coupling": "additive"}, {"channels": 3, "levels": 1}, {"n_bits": 5}],
+    [
+        {},
+        {"scale_map": "sigmoid"},
+        {"scale_clamp": 0.5},
+        {"lu": False},
+        {"coupling": "additive"},
+        {"channels": 3, "levels": 1},
+        {"n_bits": 5},
+    ],
 )
 def test_exact_inverse_at_init_and_after_training(overrides):
     model, x = _model(**overrides)
@@ -191,8 +199,9 @@ def test_uninitialized_backbone_refuses_to_encode():
 
 
 # --------------------------------------------------------------- likelihood
-def test_log_likelihood_is_prior_plus_logdet():
-    model, x = _model(channels=1, height=16, width=16, levels=2, steps=3)
+@pytest.mark.parametrize("scale_map", ["softclamp", "sigmoid"])
+def test_log_likelihood_is_prior_plus_logdet(scale_map):
+    model, x = _model(channels=1, height=16, width=16, levels=2, steps=3, scale_map=scale_map)
     _train_a_few_steps(model, x)
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
     y = model.preprocess(x, noise)
@@ -205,15 +214,14 @@ def test_log_likelihood_is_prior_plus_logdet():
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-2)
     assert torch.allclose(got, nf_log_prob, rtol=1e-5, atol=1e-2)
     D = model.latent_dim
-    assert torch.allclose(
-        bpd, (-want + D * math.log(2**8)) / (D * math.log(2)), rtol=1e-5, atol=1e-5
-    )
+    assert torch.allclose(bpd, (-want + D * math.log(2**8)) / (D * math.log(2)), rtol=1e-5, atol=1e-5)
     assert (bpd > 0).all() and (bpd < 16).all()
 
 
-def test_log_det_equals_brute_force_jacobian():
+@pytest.mark.parametrize("scale_map", ["softclamp", "sigmoid"])
+def test_log_det_equals_brute_force_jacobian(scale_map):
     """log|det dz/dy| checked against the full Jacobian (float64, tiny image)."""
-    cfg = BackboneConfig(channels=1, height=4, width=4, levels=1, steps=2, hidden=8)
+    cfg = BackboneConfig(channels=1, height=4, width=4, levels=1, steps=2, hidden=8, scale_map=scale_map)
     model = Backbone(cfg).double()
     x = _images(16, cfg.image_shape).double()
     model.initialize(x)
@@ -236,7 +244,10 @@ def test_log_det_equals_brute_force_jacobian():
     "overrides",
     [
         {},
+        {"scale_map": "sigmoid"},
+        {"scale_clamp": 0.5},
         {"lu": False},
+        {"lu": False, "scale_map": "sigmoid"},
         {"coupling": "additive"},
         {"channels": 3, "height": 16, "width": 16, "levels": 2, "steps": 3},
         {"channels": 1, "height": 32, "width": 32, "levels": 3, "steps": 2, "hidden": 32},
@@ -282,9 +293,7 @@ def test_fast_path_equals_normflows(overrides):
     assert z.is_contiguous()
 
     # frozen decode (latents -> images), including latents far from the data
-    zs = torch.cat(
-        [z_ref, 0.7 * torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(9))]
-    )
+    zs = torch.cat([z_ref, 0.7 * torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(9))])
     with torch.no_grad():
         model.fast = False
         levels = model.unstandardize(model.split_levels(zs))

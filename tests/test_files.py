@@ -94,16 +94,37 @@ def test_content_hash_is_stable(saved, tmp_path):
     # hash depends on names, dtypes, shapes and bytes
     t = {"a": torch.zeros(4)}
     assert safefile.content_hash(t) != safefile.content_hash({"b": torch.zeros(4)})
-    assert safefile.content_hash(t) != safefile.content_hash(
-        {"a": torch.zeros(4, dtype=torch.float64)}
-    )
+    assert safefile.content_hash(t) != safefile.content_hash({"a": torch.zeros(4, dtype=torch.float64)})
     # (the flattened shape is hashed, as in every file written so far; full shapes are checked
     # by load_state_dict against the config)
     assert safefile.content_hash(t) != safefile.content_hash({"a": torch.zeros(5)})
-    assert (
-        safefile.content_hash(t)
-        == "b3e7267a31fc8dc259c3bb8fbbf975ab35877fdd2fddd90b41a5d68fb35a0092"
-    )
+    assert safefile.content_hash(t) == "b3e7267a31fc8dc259c3bb8fbbf975ab35877fdd2fddd90b41a5d68fb35a0092"
+
+
+def test_files_from_before_scale_map_load_as_sigmoid(tmp_path):
+    """Backbone files written before ``scale_map`` existed used Glow's sigmoid scale."""
+    cfg = BackboneConfig(**TINY, scale_map="sigmoid")
+    model = Backbone(cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 8, 8, generator=g)
+    model.initialize(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    path = tmp_path / "new.safetensors"
+    model.save(path)
+    header = safefile.read_header(path)
+    legacy_config = {k: v for k, v in header["config"].items() if k not in ("scale_map", "scale_clamp")}
+    old = tmp_path / "old.safetensors"
+    safefile.write(old, safefile.read(path)[0], {**header, "config": legacy_config})
+    loaded = Backbone.load(old)
+    assert loaded.config.scale_map == "sigmoid"
+    assert loaded.content_hash == model.content_hash
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(loaded.encode(x), model.encode(x))
+    assert BackboneConfig.from_header(legacy_config) == cfg
+    assert BackboneConfig().scale_map == "softclamp"  # the default for new backbones
 
 
 def test_load_unfrozen(saved):
@@ -180,9 +201,7 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
 
     def craft(name: str, hdr: object, expect: str) -> None:
         p = tmp_path / f"{name}.safetensors"
-        save_file(
-            tensors, str(p), metadata={"flowcond": hdr if isinstance(hdr, str) else json.dumps(hdr)}
-        )
+        save_file(tensors, str(p), metadata={"flowcond": hdr if isinstance(hdr, str) else json.dumps(hdr)})
         out[name] = (p, expect)
 
     craft("format_version_2", {**header, "format_version": 2}, "format version 2 is not supported")
@@ -191,12 +210,8 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
         {k: v for k, v in header.items() if k != "format_version"},
         "format version None is not supported",
     )
-    craft(
-        "heads_kind", {**header, "kind": "heads"}, "is a 'heads' file, expected a 'backbone' file"
-    )
-    craft(
-        "checkpoint_kind", {**header, "kind": "backbone-checkpoint"}, "expected a 'backbone' file"
-    )
+    craft("heads_kind", {**header, "kind": "heads"}, "is a 'heads' file, expected a 'backbone' file")
+    craft("checkpoint_kind", {**header, "kind": "backbone-checkpoint"}, "expected a 'backbone' file")
     craft(
         "invalid_config",
         {**header, "config": {**header["config"], "height": 30}},

@@ -164,7 +164,7 @@ def test_strict_mode_reraises_hook_errors(flowcond_plugins, monkeypatch):
         ("ids,codes", {"ids", "codes"}),
         (" ids ", {"ids"}),
         ("", set()),
-        ("flowcond", {"ids", "attributes", "codes", "datasets"}),
+        ("flowcond", {"ids", "attributes", "codes", "datasets", "morpho"}),
     ],
 )
 def test_load_plugins_env_limits_what_loads(flowcond_plugins, monkeypatch, value, expected):
