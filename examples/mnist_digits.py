@@ -40,7 +40,7 @@ def main() -> None:
     )
     ap.add_argument("--out", default="out")
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

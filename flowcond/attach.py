@@ -57,9 +57,7 @@ class AttachConfig(BaseModel):
 
     plugins: list[str] = Field(min_length=1)
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    dataset: str | None = Field(
-        None, description="default: the dataset the backbone was trained on"
-    )
+    dataset: str | None = Field(None, description="default: the dataset the backbone was trained on")
     root: str | None = None
     download: bool = False
     encoder: Literal["auto", "mlp", "conv"] = "auto"
@@ -83,6 +81,12 @@ class AttachConfig(BaseModel):
     lambdas: Lambdas = Field(default_factory=Lambdas)
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch CPU threads for the training loop (its small MLPs run best on one; "
+        "more threads on a busy machine can be 10x slower); None keeps torch's setting",
+    )
     cache_dir: str | None = None
 
 
@@ -185,9 +189,7 @@ def _finite_step(
     return True
 
 
-def _save_checkpoint(
-    path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator, state: dict
-) -> None:
+def _save_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator, state: dict) -> None:
     tensors = {f"heads.{k}": v for k, v in heads.state_dict().items()}
     groups = {}
     for tag, opt in (("e", opt_e), ("d", opt_d)):
@@ -195,9 +197,7 @@ def _save_checkpoint(
         groups[tag] = sd["param_groups"]
         for idx, st in sd["state"].items():
             for key, val in st.items():
-                tensors[f"optim_{tag}.{idx}.{key}"] = (
-                    val if torch.is_tensor(val) else torch.tensor(val)
-                )
+                tensors[f"optim_{tag}.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
     tensors["rng"] = g.get_state()
     safefile.write(path, tensors, {"kind": CHECKPOINT_KIND, "param_groups": groups, **state})
 
@@ -274,9 +274,7 @@ def attach(
     z_all, labels_all = cache.load_all()
     z_test, labels_test = test_cache.load_all()
     if not torch.isfinite(z_all).all():
-        raise FlowcondError(
-            f"the latent cache {cache.folder} holds non-finite latents; delete it and retry"
-        )
+        raise FlowcondError(f"the latent cache {cache.folder} holds non-finite latents; delete it and retry")
 
     torch.manual_seed(config.seed)
     heads = Heads(backbone, kinds, config)
@@ -302,44 +300,52 @@ def attach(
         disable=not progress,
     )
     t_loop = time.perf_counter()
-    for step in bar:
-        idx = torch.randint(n, (B,), generator=g)
-        z_real = z_all[idx]
-        targets = {}
-        for name, kind in kinds.items():
-            targets[name] = (
-                kind.targets({k: v[idx] for k, v in labels_all.items()})
-                if kind.supervised
-                else kind.sample_prior(B, g)
-            )
-        c = heads.condition_input(targets)
-        eps, eps_res = heads.noise(B, 1.0, g)
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        for step in bar:
+            idx = torch.randint(n, (B,), generator=g)
+            z_real = z_all[idx]
+            targets = {}
+            for name, kind in kinds.items():
+                targets[name] = (
+                    kind.targets({k: v[idx] for k, v in labels_all.items()})
+                    if kind.supervised
+                    else kind.sample_prior(B, g)
+                )
+            c = heads.condition_input(targets)
+            eps, eps_res = heads.noise(B, 1.0, g)
 
-        fake = heads.generate_from_input(c, eps, eps_res)
-        ld = supervision_losses(heads, z_real, fake.detach(), targets)
-        loss_d = lam.Di * ld["Di"] + lam.C * ld["C"] + lam.De * ld["De"]
-        if not _finite_step(loss_d, opt_d, sup_params, state, config, ckpt):
-            continue
-        le = encoder_losses(heads, z_real, fake, targets)  # against the updated block
-        loss_e = lam.E * le["E"] + lam.C * le["C"] + lam.De * le["De"] + lam.FM * le["FM"] + lam.MM * le["MM"]
-        if not _finite_step(loss_e, opt_e, enc_params, state, config, ckpt):
-            continue
-        state["step"] = step + 1
-        if step % 25 == 0:
-            bar.set_postfix(
-                Di=f"{ld['Di'].item():.3f}",
-                E=f"{le['E'].item():.3f}",
-                C=f"{ld['C'].item():.3f}/{le['C'].item():.3f}",
-                De=f"{le['De'].item():.3f}",
-                FM=f"{le['FM'].item():.3f}",
+            fake = heads.generate_from_input(c, eps, eps_res)
+            ld = supervision_losses(heads, z_real, fake.detach(), targets)
+            loss_d = lam.Di * ld["Di"] + lam.C * ld["C"] + lam.De * ld["De"]
+            if not _finite_step(loss_d, opt_d, sup_params, state, config, ckpt):
+                continue
+            le = encoder_losses(heads, z_real, fake, targets)  # against the updated block
+            loss_e = (
+                lam.E * le["E"] + lam.C * le["C"] + lam.De * le["De"] + lam.FM * le["FM"] + lam.MM * le["MM"]
             )
-        if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
-            state["train_seconds"] += time.perf_counter() - t_loop
-            t_loop = time.perf_counter()
-            _save_checkpoint(
-                ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()}
-            )
-    bar.close()
+            if not _finite_step(loss_e, opt_e, enc_params, state, config, ckpt):
+                continue
+            state["step"] = step + 1
+            if step % 25 == 0:
+                bar.set_postfix(
+                    Di=f"{ld['Di'].item():.3f}",
+                    E=f"{le['E'].item():.3f}",
+                    C=f"{ld['C'].item():.3f}/{le['C'].item():.3f}",
+                    De=f"{le['De'].item():.3f}",
+                    FM=f"{le['FM'].item():.3f}",
+                )
+            if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
+                state["train_seconds"] += time.perf_counter() - t_loop
+                t_loop = time.perf_counter()
+                _save_checkpoint(
+                    ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()}
+                )
+        bar.close()
+    finally:
+        torch.set_num_threads(threads_before)
     state["train_seconds"] += time.perf_counter() - t_loop
 
     heads.eval()
@@ -362,8 +368,6 @@ def _relative_backbone_path(backbone_path: str | None, out: str | os.PathLike) -
     if backbone_path is None:
         return None
     try:
-        return os.path.relpath(
-            os.path.abspath(backbone_path), os.path.dirname(os.path.abspath(out))
-        )
+        return os.path.relpath(os.path.abspath(backbone_path), os.path.dirname(os.path.abspath(out)))
     except ValueError:
         return os.path.abspath(backbone_path)

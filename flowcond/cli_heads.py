@@ -69,6 +69,7 @@ def _plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
     "--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM."
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch CPU threads for the training loop.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
 @click.option(
     "--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents]."
@@ -87,6 +88,7 @@ def attach_cmd(
     encoder,
     lambdas,
     seed,
+    threads,
     resume,
     cache_dir,
     out,
@@ -106,6 +108,7 @@ def attach_cmd(
             supervision=encoder,
             lambdas=Lambdas(**_parse_kv(lambdas, "--lambda")),
             seed=seed,
+            threads=threads,
             cache_dir=cache_dir,
         )
     except ValidationError as e:
