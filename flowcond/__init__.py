@@ -1,8 +1,8 @@
 """flowcond: make a frozen, pretrained Glow controllable with CAGlow condition plugins."""
 
 from .backbone import Backbone
-from .config import BackboneConfig
 from .conditions import ConditionKind
+from .config import BackboneConfig
 from .errors import ConfigError, FileFormatError, FlowcondError, PluginError
 from .hookspecs import hookimpl
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -14,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from . import generate
+from .atomic import atomic_write
 from .attach import AttachConfig, Lambdas, attach
 from .errors import ConfigError
 from .heads import Heads
@@ -129,16 +128,8 @@ def _load(heads_path: str, backbone: str | None) -> Heads:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_out(out: str) -> Path:

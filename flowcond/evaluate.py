@@ -44,7 +44,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from . import metrics
+from .atomic import write_text
 from .backbone import Backbone
 from .baselines.cglow import CGlow, CGlowTrainConfig, train_cglow
 from .baselines.prestored import PreStored
@@ -246,19 +246,7 @@ def edit_metrics(amps: list[np.ndarray]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ helpers
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 def _jsonable(x: Any) -> Any:

@@ -29,6 +29,9 @@ Results equal the normflows path up to float rounding (tests: ``allclose`` at 1e
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from dataclasses import dataclass
 
 import normflows as nf
@@ -38,7 +41,34 @@ from torch import nn
 
 from .coupling import SoftClampedParams
 
-__all__ = ["FastGlow", "supported"]
+__all__ = ["FastGlow", "retain_freed_memory", "supported"]
+
+_RETAINED = False
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    CPU tensors are plain ``malloc`` blocks: a training step allocates and frees hundreds of
+    multi-megabyte activations, and with glibc's default thresholds most of them are fresh
+    ``mmap`` pages that the kernel zero-fills on first touch (30-50 thousand page faults per step
+    for the 1x32x32 MNIST Glow, batch 64). Keeping freed memory removes them (about 20% faster
+    training here) at the price of a process that keeps its peak memory. Process-wide, so it is
+    called by long-running jobs (``train_backbone``), not on import. No-op off glibc/Linux or with
+    ``FLOWCOND_RETAIN_MEMORY=0``. Returns whether the setting is in effect.
+    """
+    global _RETAINED
+    if _RETAINED:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("FLOWCOND_RETAIN_MEMORY") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    _RETAINED = mallopt(m_mmap_threshold, 256 << 20) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+    return _RETAINED
 
 
 # ------------------------------------------------------------------- structure
@@ -158,6 +188,10 @@ def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 _FUSED: bool | None = None
+#: Frozen passes over large batches run in chunks whose largest activation (the coupling network's
+#: hidden layer at the finest level) is about this size: big enough for efficient GEMMs, small
+#: enough to stay in cache (2x faster than one 256-image pass for the 1x32x32 MNIST Glow).
+CHUNK_BYTES = 4 << 20
 #: Use the fused conv + ReLU (with its own backward) when training too, not only when frozen.
 FUSE_TRAINING = True
 
@@ -262,7 +296,20 @@ class FastGlow:
         if self._needs_grad(y):
             return self._inverse(y, self._live_steps(), log_det=True, fused=fused and FUSE_TRAINING)
         with torch.no_grad():
-            return self._inverse(y, self.frozen_plan(y), log_det=log_det, fused=fused)
+            plan = self.frozen_plan(y)
+            n = self._chunk(y)
+            if len(y) <= n:
+                return self._inverse(y, plan, log_det=log_det, fused=fused)
+            parts = [self._inverse(c, plan, log_det=log_det, fused=fused) for c in y.split(n)]
+            levels = [torch.cat([p[0][i] for p in parts]) for i in range(len(plan))]
+            ld = torch.cat([p[1] for p in parts]) if log_det else None
+            return levels, ld
+
+    def _chunk(self, y: torch.Tensor) -> int:
+        """Images per pass so the largest hidden activation stays about ``CHUNK_BYTES``."""
+        hidden = self.levels[-1][0].conv_a.out_channels if self.levels[-1] else 1
+        per_image = hidden * (y.shape[2] // 2) * (y.shape[3] // 2) * y.element_size()
+        return max(1, CHUNK_BYTES // max(per_image, 1))
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor | None:
         """``flow.forward_and_log_det(levels)[0]``, no gradients (``None`` if they are needed)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import safefile
+from .atomic import write_text
 from .backbone import Backbone
 from .datasets import ImageDataset
 
@@ -152,7 +152,4 @@ class LatentCache:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
 from .errors import FileFormatError
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -55,18 +53,8 @@ def write(
     header = {"format_version": FORMAT_VERSION,
               **{k: v for k, v in header.items() if k != "format_version"}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"flowcond": json.dumps(header)})
-        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"flowcond": json.dumps(header)})
 
 
 def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from .backbone import Backbone
 from .config import BackboneConfig
 from .datasets import ImageDataset, load_dataset
 from .errors import ConfigError, FileFormatError, FlowcondError
+from .fastflow import retain_freed_memory
 
 CHECKPOINT_KIND = "backbone-checkpoint"
 
@@ -48,8 +49,9 @@ class TrainConfig(BaseModel):
     out: str = "backbone.safetensors"
     resume: bool = False
     progress: bool = True
-    fast: bool = Field(True, description="channels-last fast path (flowcond.fastflow); "
-                                         "False: normflows' own code (same model, slower)")
+    fast: bool = Field(True, description="channels-last fast path and malloc tuning "
+                                         "(flowcond.fastflow); False: normflows' own code "
+                                         "(same model and results up to float rounding, slower)")
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -169,6 +171,8 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
             f"dataset {cfg.dataset!r} has images {tuple(train.image_shape)}, the backbone config "
             f"expects {bcfg.image_shape}"
         )
+    if cfg.fast:
+        retain_freed_memory()  # fewer page faults: see flowcond.fastflow.retain_freed_memory
     torch.manual_seed(cfg.seed)
     model = Backbone(bcfg)
     model.fast = cfg.fast
