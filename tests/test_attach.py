@@ -254,3 +254,34 @@ def test_interpolation_endpoints_match_the_conditions(heads_file):
     assert torch.allclose(imgs[:, 0], same[:, 0])  # column 0 is the start condition
     assert torch.allclose(same[:, 0], same[:, -1])  # no change when start == end
     assert not torch.allclose(imgs[:, 0], imgs[:, -1])
+
+
+def test_mean_feature_matching_ignores_pairing_but_pairwise_does_not():
+    from flowcond.attach import _feature_matching
+
+    f = torch.randn(16, 8)
+    shuffled = f[torch.randperm(16)]
+    assert _feature_matching(shuffled, f, "mean").item() == pytest.approx(0.0, abs=1e-12)
+    assert _feature_matching(shuffled, f, "pairwise").item() > 0.0
+
+
+def test_conditional_discriminator_sees_the_conditions(backbone_file, tmp_path):
+    heads, _ = attach(
+        backbone_file,
+        _config(tmp_path, conditional_discriminator=True, lambdas={"MM": 1.0}),
+        tmp_path / "cond.heads.safetensors",
+        progress=False,
+    )
+    z = torch.randn(4, 64)
+    codes = torch.zeros(4, 2)
+    _, d1, _ = heads.supervise(z, {"ids": torch.tensor([1, 1, 1, 1]), "codes": codes})
+    _, d2, _ = heads.supervise(z, {"ids": torch.tensor([2, 2, 2, 2]), "codes": codes})
+    assert not torch.allclose(d1, d2)
+    loaded = Heads.load(tmp_path / "cond.heads.safetensors")
+    assert loaded.config.conditional_discriminator and loaded.supervision.projection is not None
+
+
+def test_attach_restores_torch_threads(backbone_file, tmp_path):
+    before = torch.get_num_threads()
+    attach(backbone_file, _config(tmp_path, steps=2, threads=1), tmp_path / "t.heads.safetensors", progress=False)
+    assert torch.get_num_threads() == before
