@@ -52,6 +52,8 @@ def _config_error(e: ValidationError) -> ConfigError:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True,
               help="Continue from OUT's checkpoint (OUT.ckpt.safetensors).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training loss: ~25% faster on CPU after 1-2 min compiling.")
 @click.option("--fast/--no-fast", default=True, show_default=True,
               help="Channels-last fast path (same model and file; --no-fast: plain normflows).")
 @click.option("--samples", type=click.Path(), default=None,
@@ -61,7 +63,7 @@ def _config_error(e: ValidationError) -> ConfigError:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, coupling, scale_map,
                        scale_clamp, lu, epochs, batch_size, lr, optimizer, warmup, clip, max_steps,
-                       seed, resume, fast, samples, out, quiet):
+                       seed, resume, compile_, fast, samples, out, quiet):
     """Train a multi-scale Glow backbone by maximum likelihood (stage 1)."""
     shape = load_dataset(dataset, "train", root=root, download=download).image_shape
     try:
@@ -71,7 +73,7 @@ def train_backbone_cmd(dataset, root, download, levels, steps, hidden, n_bits, c
         tcfg = TrainConfig(dataset=dataset, root=root, download=download, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, warmup=warmup,
                            clip=clip, max_steps=max_steps, seed=seed, out=out, resume=resume,
-                           progress=not quiet, fast=fast)
+                           progress=not quiet, fast=fast, compile=compile_)
     except ValidationError as e:
         raise _config_error(e) from None
     model, summary = train_backbone(bcfg, tcfg)

@@ -1,30 +1,32 @@
-"""A faster ``inverse_and_log_det`` (image -> latents) for the backbone's normflows Glow.
+"""A faster image -> latents (and frozen latents -> image) for the backbone's normflows Glow.
 
-Same math as normflows' ``MultiscaleFlow.inverse_and_log_det`` for the exact architecture built by
-``flowcond.backbone._build_flow`` (GlowBlock: ActNorm, invertible 1x1 conv, affine coupling with
-Glow's ``sigmoid(s + 2)`` scale or the soft-clamped ``exp(c tanh(s / c))`` scale of
-:mod:`flowcond.coupling`, or additive coupling, each with a ``3-1-3`` ConvNet2d; Squeeze; channel
-Merge), read from the same normflows modules
-and parameters, so the weights, the state dict and the file format are untouched. It differs only
+Same math as normflows' ``MultiscaleFlow.inverse_and_log_det`` / ``forward_and_log_det`` for the
+exact architecture built by ``flowcond.backbone._build_flow`` (GlowBlock: ActNorm, invertible 1x1
+conv, affine coupling with Glow's ``sigmoid(s + 2)`` scale or the soft-clamped
+``exp(c tanh(s / c))`` scale of :mod:`flowcond.coupling`, or additive coupling, each with a
+``3-1-3`` ConvNet2d; Squeeze; channel Merge), read from the same normflows modules and parameters:
+the weights, the state dict and the file format are untouched, and any other structure is
+refused (:func:`supported`), in which case ``Backbone`` uses normflows' own code. It differs only
 in how the work is laid out for the CPU (oneDNN):
 
-* activations stay channels-last (NHWC) from the first squeeze to the last split; normflows' NCHW
-  layout makes oneDNN reorder around every convolution, and its ``3x3`` convolution with 2 input
-  channels runs about 10x slower in NCHW than in NHWC;
-* ActNorm and the 1x1 convolution are one affine map (``W diag(exp(-s))``, ``-W (t exp(-s))``);
-* the coupling's shift/scale output channels are reordered so they are two contiguous halves;
-* ``LeakyReLU(0)`` is ``ReLU``.
+* activations stay channels-last (NHWC) from the first squeeze to the last split (normflows'
+  NCHW ``3x3`` convolution with 2 input channels is about 10x slower than the NHWC one here);
+* ActNorm and the 1x1 convolution are one affine map, ``W diag(exp(-s)) (z - t)``;
+* the coupling's shift/scale output channels are reordered into two contiguous halves, and
+  ``LeakyReLU(0)`` is a ReLU fused into the convolution (oneDNN post-op, with its own backward);
+* frozen passes over big batches run in cache-sized chunks (:data:`CHUNK_BYTES`).
 
 Two modes, chosen per call:
 
-* **autograd** (gradients wanted, i.e. training): everything is recomputed from the live
-  parameters, differentiably; used by ``Backbone.log_prob_input`` during training;
-* **frozen plan** (no gradient needed): the folded weights are computed once, in float64, and
-  cached until a parameter changes (tracked by tensor version counters); ReLU is fused into the
-  convolutions where oneDNN's fused op is available; the log-determinant is skipped when not asked
-  for (``encode``).
+* **autograd** (gradients wanted, i.e. training): the weights are recomputed from the live
+  parameters, differentiably (``Backbone.log_prob_input``, ``bits_per_dim``);
+* **frozen plan** (no gradient needed: ``torch.no_grad``/``inference_mode`` or a frozen model): the
+  folded weights are computed once, in float64, and cached until a parameter changes (tracked by
+  tensor version counters and storage); the log-determinant is skipped when not asked for
+  (``encode``); the decode direction (``forward``) uses the same plan.
 
 Results equal the normflows path up to float rounding (tests: ``allclose`` at 1e-5).
+:func:`retain_freed_memory` is a separate, process-wide malloc setting used by training.
 """
 
 from __future__ import annotations
@@ -192,8 +194,6 @@ _FUSED: bool | None = None
 #: hidden layer at the finest level) is about this size: big enough for efficient GEMMs, small
 #: enough to stay in cache (2x faster than one 256-image pass for the 1x32x32 MNIST Glow).
 CHUNK_BYTES = 4 << 20
-#: Use the fused conv + ReLU (with its own backward) when training too, not only when frozen.
-FUSE_TRAINING = True
 
 
 def _fused_available() -> bool:
@@ -257,12 +257,35 @@ def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int,
     return out.permute(0, 2, 3, 1)
 
 
+def _conv3x3_taps(h: torch.Tensor, w9: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A 3x3, padding-1 convolution with few outputs (the coupling's last layer), no gradients.
+
+    ``h`` (B, H, W, Cin) -> (B, H, W, C): one 1x1 convolution to ``9 C`` channels (the 9 taps),
+    then the taps are added at their offsets. oneDNN's channels-last kernel for a 3x3 convolution
+    with 4-16 outputs rounds 2-3x worse than the NCHW one (which the trained MNIST Glow's latents
+    amplify to ~1e-4); this form is as accurate as NCHW and about as fast as channels-last.
+    """
+    n, hh, ww, _ = h.shape
+    c = b.shape[0]
+    g = F.conv2d(h.permute(0, 3, 1, 2), w9).permute(0, 2, 3, 1).reshape(n, hh, ww, 9, c)
+    out = g[:, :, :, 4, :] + b
+    for ky in range(3):
+        for kx in range(3):
+            dy, dx = ky - 1, kx - 1
+            if (dy == 0 and dx == 0) or hh <= abs(dy) or ww <= abs(dx):
+                continue
+            # out[y, x] += g[y + dy, x + dx, tap]
+            out[:, max(0, -dy):hh - max(0, dy), max(0, -dx):ww - max(0, dx), :] += g[
+                :, max(0, dy):hh - max(0, -dy), max(0, dx):ww - max(0, -dx), ky * 3 + kx, :]
+    return out
+
+
 # ----------------------------------------------------------------- the flow
 class _Step:
     """Weights of one GlowBlock in the form the fast path uses (live or frozen copies)."""
 
-    __slots__ = ("lin_w", "lin_b", "lin_logdet", "wa", "ba", "wb", "bb", "wc", "bc", "half",
-                 "mode", "clamp", "fwd_w", "fwd_b")
+    __slots__ = ("lin_w", "lin_t", "lin_logdet", "wa", "ba", "wb", "bb", "wc", "bc", "half",
+                 "mode", "clamp", "fwd_w", "fwd_b", "wc9")
 
 
 class FastGlow:
@@ -280,6 +303,9 @@ class FastGlow:
         self.levels = levels
         self._plan: list[list[_Step]] | None = None
         self._plan_key: tuple | None = None
+        #: Fused conv + ReLU (with its own backward) when training too, not only when frozen.
+        #: Off under ``torch.compile``, which fuses by itself.
+        self.fuse_training = True
 
     def _needs_grad(self, *inputs: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (
@@ -294,10 +320,11 @@ class FastGlow:
         """Same as ``flow.inverse_and_log_det(y)`` (``log_det`` is ``None`` when not asked for)."""
         fused = _fused_available()
         if self._needs_grad(y):
-            return self._inverse(y, self._live_steps(), log_det=True, fused=fused and FUSE_TRAINING)
+            return self._inverse(y, self._live_steps(), log_det=True,
+                                 fused=fused and self.fuse_training)
         with torch.no_grad():
             plan = self.frozen_plan(y)
-            n = self._chunk(y)
+            n = self._chunk_images(y.shape[2] * y.shape[3] // 4, y.element_size())
             if len(y) <= n:
                 return self._inverse(y, plan, log_det=log_det, fused=fused)
             parts = [self._inverse(c, plan, log_det=log_det, fused=fused) for c in y.split(n)]
@@ -305,45 +332,53 @@ class FastGlow:
             ld = torch.cat([p[1] for p in parts]) if log_det else None
             return levels, ld
 
-    def _chunk(self, y: torch.Tensor) -> int:
-        """Images per pass so the largest hidden activation stays about ``CHUNK_BYTES``."""
-        hidden = self.levels[-1][0].conv_a.out_channels if self.levels[-1] else 1
-        per_image = hidden * (y.shape[2] // 2) * (y.shape[3] // 2) * y.element_size()
-        return max(1, CHUNK_BYTES // max(per_image, 1))
+    def _chunk_images(self, finest_pixels: int, element_size: int) -> int:
+        """Images per pass so the largest hidden activation (the coupling networks' hidden layer
+        at the finest level, ``finest_pixels`` = H/2 * W/2) stays about :data:`CHUNK_BYTES`."""
+        hidden = max((b.conv_a.out_channels for b in self.levels[-1]), default=1)
+        return max(1, CHUNK_BYTES // max(hidden * finest_pixels * element_size, 1))
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor | None:
         """``flow.forward_and_log_det(levels)[0]``, no gradients (``None`` if they are needed)."""
         if self._needs_grad(*levels):
             return None
         with torch.no_grad():
-            return self._forward(levels, self.frozen_plan(levels[0]), _fused_available())
+            plan, fused = self.frozen_plan(levels[0]), _fused_available()
+            coarsest = levels[0].shape[2] * levels[0].shape[3]
+            n = self._chunk_images(coarsest * 4 ** (len(levels) - 1), levels[0].element_size())
+            if len(levels[0]) <= n:
+                return self._forward(levels, plan, fused)
+            chunks = zip(*(z.split(n) for z in levels), strict=True)
+            return torch.cat([self._forward(list(c), plan, fused) for c in chunks])
 
     # ------------------------------------------------------------ weights
     @staticmethod
     def _linear(blk: _Block, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
-        """ActNorm.inverse then Invertible1x1Conv.inverse as one affine map ``(W', b')``, its
-        log|det| per pixel, and ``W`` itself."""
-        s = blk.actnorm.s.reshape(-1)
-        t = blk.actnorm.t.reshape(-1)
-        if dtype is not None:
-            s, t = s.to(dtype), t.to(dtype)
+        """ActNorm.inverse then Invertible1x1Conv.inverse as ``W' (z - t)`` with
+        ``W' = W diag(exp(-s))``: returns ``W'``, ``t``, the log|det| per pixel and ``W``.
+
+        The shift stays before the matrix, as in normflows: folding it into a bias ``-W' t``
+        would cancel large terms in float32 and lose precision.
+        """
+        def cast(v: torch.Tensor) -> torch.Tensor:
+            return v if dtype is None else v.to(dtype)
+
+        s = cast(blk.actnorm.s).reshape(-1)
+        t = cast(blk.actnorm.t).reshape(-1)
         ic = blk.invconv
         if ic is None:
             W = torch.eye(len(s), dtype=s.dtype, device=s.device)
             ld = -s.sum()
         elif ic.use_lu:  # normflows' _assemble_W(inverse=False)
-            L = torch.tril(ic.L, diagonal=-1) + ic.eye
-            U = torch.triu(ic.U, diagonal=1) + torch.diag(ic.sign_S * torch.exp(ic.log_S))
-            P = ic.P
-            if dtype is not None:
-                L, U, P = L.to(dtype), U.to(dtype), P.to(dtype)
-            W = P @ L @ U
-            ld = ic.log_S.to(s.dtype).sum() - s.sum()
+            log_S = cast(ic.log_S)
+            L = torch.tril(cast(ic.L), diagonal=-1) + cast(ic.eye)
+            U = torch.triu(cast(ic.U), diagonal=1) + torch.diag(cast(ic.sign_S) * torch.exp(log_S))
+            W = cast(ic.P) @ L @ U
+            ld = log_S.sum() - s.sum()
         else:
-            W = ic.W.to(s.dtype)
+            W = cast(ic.W)
             ld = torch.slogdet(W)[1] - s.sum()
-        w = W * torch.exp(-s)[None, :]
-        return w, -(w @ t), ld, W
+        return W * torch.exp(-s)[None, :], t, ld, W
 
     @staticmethod
     def _coupling_weights(blk: _Block) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,10 +397,11 @@ class FastGlow:
             level = []
             for blk in blocks:
                 p = _Step()
-                p.lin_w, p.lin_b, p.lin_logdet, _ = self._linear(blk)
+                p.lin_w, p.lin_t, p.lin_logdet, _ = self._linear(blk)
                 p.wa, p.ba = blk.conv_a.weight, blk.conv_a.bias
                 p.wb, p.bb = blk.conv_b.weight, blk.conv_b.bias
                 p.wc, p.bc = self._coupling_weights(blk)
+                p.wc9 = None
                 p.half, p.mode, p.clamp = blk.channels // 2, blk.mode, blk.clamp
                 level.append(p)
             out.append(level)
@@ -390,8 +426,8 @@ class FastGlow:
                 level = []
                 for blk in blocks:
                     p = _Step()
-                    w, b, ld, W = self._linear(blk, torch.float64)
-                    p.lin_w, p.lin_b, p.lin_logdet = w.to(dt), b.to(dt), ld.to(dt)
+                    w, t, ld, W = self._linear(blk, torch.float64)
+                    p.lin_w, p.lin_t, p.lin_logdet = w.to(dt), t.to(dt), ld.to(dt)
                     # forward (decode) direction: ActNorm.forward(Invertible1x1Conv.forward(z))
                     e = torch.exp(blk.actnorm.s.reshape(-1).double())
                     p.fwd_w = (e[:, None] * torch.linalg.inv(W)).to(dt)
@@ -403,6 +439,10 @@ class FastGlow:
                     wc, bc = self._coupling_weights(blk)
                     p.wc = wc.to(dt).contiguous(memory_format=cl)
                     p.bc = bc.to(dt).clone()
+                    # the 3x3 conv as a 1x1 conv to 9 taps x C channels, row (ky * 3 + kx) * C + o
+                    n_out, n_in = wc.shape[:2]
+                    p.wc9 = (wc.to(dt).permute(2, 3, 0, 1).reshape(9 * n_out, n_in, 1, 1)
+                             .contiguous(memory_format=cl))
                     p.half, p.mode, p.clamp = blk.channels // 2, blk.mode, blk.clamp
                     level.append(p)
                 plan.append(level)
@@ -423,7 +463,7 @@ class FastGlow:
                 x = _squeeze_nhwc(x)
             hw = x.shape[1] * x.shape[2]
             for p in reversed(plan[i]):
-                x = F.linear(x, p.lin_w, p.lin_b)
+                x = F.linear(x - p.lin_t, p.lin_w)
                 if ld is not None:
                     ld = ld + p.lin_logdet * hw
                 x, ld = self._coupling_inverse(x, p, ld, fused)
@@ -439,6 +479,8 @@ class FastGlow:
     def _net(x1: torch.Tensor, p: _Step, fused: bool) -> torch.Tensor:
         h = _conv(x1, p.wa, p.ba, 1, relu=True, fused=fused)
         h = _conv(h, p.wb, p.bb, 0, relu=True, fused=fused)
+        if p.wc9 is not None:
+            return _conv3x3_taps(h, p.wc9, p.bc)
         return _conv(h, p.wc, p.bc, 1)
 
     def _coupling_inverse(

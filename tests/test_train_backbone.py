@@ -23,9 +23,7 @@ BCFG = BackboneConfig(channels=1, height=8, width=8, levels=2, steps=2, hidden=1
 
 
 def _tcfg(out, **kw) -> TrainConfig:
-    base = dict(
-        dataset="digits", epochs=2, batch_size=64, lr=2e-3, warmup=10, progress=False, out=str(out)
-    )
+    base = dict(dataset="digits", epochs=2, batch_size=64, lr=2e-3, warmup=10, progress=False, out=str(out))
     return TrainConfig(**{**base, **kw})
 
 
@@ -152,16 +150,12 @@ def test_diverging_run_names_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_plain_normflows_training_matches_fast_path(tmp_path):
-    fast_model, fast = train_backbone(
-        BCFG, _tcfg(tmp_path / "a.safetensors", epochs=1, max_steps=5)
-    )
+    fast_model, fast = train_backbone(BCFG, _tcfg(tmp_path / "a.safetensors", epochs=1, max_steps=5))
     plain_model, plain = train_backbone(
         BCFG, _tcfg(tmp_path / "b.safetensors", epochs=1, max_steps=5, fast=False)
     )
     assert fast["training"]["steps"] == plain["training"]["steps"] == 5
-    assert fast["history"][0]["train_bpd"] == pytest.approx(
-        plain["history"][0]["train_bpd"], abs=1e-4
-    )
+    assert fast["history"][0]["train_bpd"] == pytest.approx(plain["history"][0]["train_bpd"], abs=1e-4)
     a, b = _weights(fast_model), _weights(plain_model)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
@@ -211,3 +205,25 @@ def test_cli_train_backbone_bad_config_is_one_line(tmp_path):
     assert "height=8 must be divisible by 2**levels=16" in errors[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["at compile", "at first call"])
+def test_compile_falls_back_to_eager(tmp_path, monkeypatch, where):
+    def broken_compile(fn, *args, **kwargs):
+        if where == "at compile":
+            raise RuntimeError("no C++ compiler\nsecond line")
+
+        def fails(*a, **k):
+            raise RuntimeError("inductor exploded")
+
+        return fails
+
+    eager_model, eager = train_backbone(BCFG, _tcfg(tmp_path / "e.safetensors", epochs=1, max_steps=4))
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, training continues without it"):
+        model, summary = train_backbone(
+            BCFG, _tcfg(tmp_path / "c.safetensors", epochs=1, max_steps=4, compile=True)
+        )
+    assert summary["training"]["compiled"] is False
+    assert summary["training"]["steps"] == 4
+    assert model.content_hash == eager_model.content_hash  # the same eager computation
