@@ -25,9 +25,7 @@ from flowcond.testing import tiny_image_dataset
 
 
 def _tiny_backbone(seed: int = 0) -> Backbone:
-    bb = Backbone(
-        BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8, seed=seed)
-    )
+    bb = Backbone(BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8, seed=seed))
     bb.initialize(load_dataset("digits", "train").images[:128])
     return bb.freeze()
 
@@ -202,9 +200,7 @@ def test_unknown_plugin_and_bad_options_are_named(backbone_file, tmp_path):
 def test_cli_sample_png_and_npz(heads_file, tmp_path):
     runner = CliRunner()
     png = tmp_path / "sevens.png"
-    r = runner.invoke(
-        cli, ["sample", str(heads_file), "--condition", "ids=7", "--n", "9", "--out", str(png)]
-    )
+    r = runner.invoke(cli, ["sample", str(heads_file), "--condition", "ids=7", "--n", "9", "--out", str(png)])
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     npz = tmp_path / "threes.npz"
@@ -236,9 +232,7 @@ def test_cli_interpolate_explore_manipulate(heads_file, tmp_path):
         ["manipulate", "--condition", "ids=1", "--add", "ids=2", "--add", "codes=1,1"],
     ):
         out = tmp_path / f"{args[0]}.png"
-        r = runner.invoke(
-            cli, [args[0], str(heads_file), *args[1:], "--rows", "2", "--out", str(out)]
-        )
+        r = runner.invoke(cli, [args[0], str(heads_file), *args[1:], "--rows", "2", "--out", str(out)])
         assert r.exit_code == 0, r.output
         assert out.stat().st_size > 0
 
@@ -283,5 +277,7 @@ def test_conditional_discriminator_sees_the_conditions(backbone_file, tmp_path):
 
 def test_attach_restores_torch_threads(backbone_file, tmp_path):
     before = torch.get_num_threads()
-    attach(backbone_file, _config(tmp_path, steps=2, threads=1), tmp_path / "t.heads.safetensors", progress=False)
+    attach(
+        backbone_file, _config(tmp_path, steps=2, threads=1), tmp_path / "t.heads.safetensors", progress=False
+    )
     assert torch.get_num_threads() == before
