@@ -30,9 +30,11 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -187,7 +189,9 @@ def worker(kind: str, args) -> dict:
 
             compiled = torch.compile(enc)
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            # no_grad, not inference_mode: compiling this under inference_mode hangs with
+            # torch 2.14 (the in-place tap additions of fastflow._conv3x3_taps)
+            with torch.no_grad():
                 compiled(ye)
                 out["compile_s"] = time.perf_counter() - t0
                 out["times"] = _timed(lambda: compiled(ye), args.iters, args.warmup)
@@ -222,18 +226,37 @@ def _busy_jiffies() -> int | None:
         return None
 
 
-def run_worker(kind: str, argv: list[str]) -> dict:
+def run_worker(kind: str, argv: list[str], timeout: float) -> dict:
+    """Run one measurement in a fresh process; its result comes back through a file (pipes could
+    be held open by helper processes it starts, e.g. torch.compile's compile workers)."""
     before = _busy_jiffies()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", kind],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": tail}
+    with tempfile.TemporaryDirectory() as tmp:
+        out, log = os.path.join(tmp, "result.json"), os.path.join(tmp, "log.txt")
+        cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", kind, "--result", out]
+        with open(log, "w") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return {"error": f"timed out after {timeout:.0f} s"}
+            finally:
+                try:  # helper processes left behind by the worker
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wall = time.perf_counter() - t0
+        if code != 0 or not os.path.exists(out):
+            with open(log) as f:
+                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+            return {"error": (lines or [f"exit code {code}"])[-1]}
+        with open(out) as f:
+            result = json.load(f)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     after = _busy_jiffies()
     if before is not None and after is not None:
         own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -263,12 +286,16 @@ def main() -> None:
     p.add_argument("--matmul-n", type=int, default=2048, help="side of the torch.mm reference")
     p.add_argument("--skip-train", action="store_true", help="only (b) and (c)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (d)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per measurement process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        result = worker(args.worker, args)
+        with open(args.result, "w") as f:
+            json.dump(result, f)
         return
-    argv = [a for a in sys.argv[1:]]
+    argv = list(sys.argv[1:])
 
     import normflows as nf
     import torch
@@ -292,7 +319,7 @@ def main() -> None:
         for kind in order:
             if kind.endswith("compile") and r > 0:
                 continue  # compiling takes minutes: once is enough
-            results[kind].append(run_worker(kind, argv))
+            results[kind].append(run_worker(kind, argv, args.timeout))
 
     def rate(kind: str) -> float | None:
         """The best process's median: other load only ever slows a process down."""

@@ -268,15 +268,11 @@ def _conv3x3_taps(h: torch.Tensor, w9: torch.Tensor, b: torch.Tensor) -> torch.T
     n, hh, ww, _ = h.shape
     c = b.shape[0]
     g = F.conv2d(h.permute(0, 3, 1, 2), w9).permute(0, 2, 3, 1).reshape(n, hh, ww, 9, c)
-    out = g[:, :, :, 4, :] + b
-    for ky in range(3):
-        for kx in range(3):
-            dy, dx = ky - 1, kx - 1
-            if (dy == 0 and dx == 0) or hh <= abs(dy) or ww <= abs(dx):
-                continue
-            # out[y, x] += g[y + dy, x + dx, tap]
-            out[:, max(0, -dy):hh - max(0, dy), max(0, -dx):ww - max(0, dx), :] += g[
-                :, max(0, dy):hh - max(0, -dy), max(0, dx):ww - max(0, -dx), ky * 3 + kx, :]
+    g = F.pad(g, (0, 0, 0, 0, 1, 1, 1, 1))  # zero border: out[y, x] += g[y + dy, x + dx, tap]
+    out = g[:, 1 : hh + 1, 1 : ww + 1, 4, :] + b
+    for k in (0, 1, 2, 3, 5, 6, 7, 8):
+        ky, kx = divmod(k, 3)
+        out = out + g[:, ky : ky + hh, kx : kx + ww, k, :]
     return out
 
 
