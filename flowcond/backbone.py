@@ -54,9 +54,14 @@ def _build_flow(cfg: BackboneConfig) -> nf.MultiscaleFlow:
 def _glow_block(cfg: BackboneConfig, channels: int) -> nf.flows.GlowBlock:
     """One Glow step (actnorm, 1x1 conv, coupling), optionally with a soft-clamped affine scale."""
     softclamp = cfg.coupling == "affine" and cfg.scale_map == "softclamp"
-    block = nf.flows.GlowBlock(channels, cfg.hidden, scale=cfg.coupling == "affine",
-                               scale_map="exp" if softclamp else "sigmoid", split_mode="channel",
-                               use_lu=cfg.lu)
+    block = nf.flows.GlowBlock(
+        channels,
+        cfg.hidden,
+        scale=cfg.coupling == "affine",
+        scale_map="exp" if softclamp else "sigmoid",
+        split_mode="channel",
+        use_lu=cfg.lu,
+    )
     if softclamp:
         coupling = block.flows[0].flows[1]
         coupling.param_map = SoftClampedParams(coupling.param_map, cfg.scale_clamp)
@@ -101,8 +106,7 @@ class Backbone(nn.Module):
     @property
     def initialized(self) -> bool:
         """Whether every ActNorm has seen data (or was loaded from a file)."""
-        return all(bool(m.data_dep_init_done > 0)
-                   for m in self.modules() if isinstance(m, nf.flows.ActNorm))
+        return all(bool(m.data_dep_init_done > 0) for m in self.modules() if isinstance(m, nf.flows.ActNorm))
 
     # ---------------------------------------------------- image <-> flow input
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +130,7 @@ class Backbone(nn.Module):
     def _check_images(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
-                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(x.shape)}"
+                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
             )
 
     # ------------------------------------------------------------ prior
@@ -143,9 +146,7 @@ class Backbone(nn.Module):
 
     def split_levels(self, z: torch.Tensor) -> list[torch.Tensor]:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(
-                f"expected a flat latent of shape (B, {self.latent_dim}), got {tuple(z.shape)}"
-            )
+            raise ValueError(f"expected a flat latent of shape (B, {self.latent_dim}), got {tuple(z.shape)}")
         sizes = [math.prod(s) for s in self.latent_shapes]
         chunks = torch.split(z, sizes, dim=1)
         return [c.reshape(z.shape[0], *s) for c, s in zip(chunks, self.latent_shapes, strict=True)]
@@ -299,7 +300,7 @@ class Backbone(nn.Module):
             config = BackboneConfig.from_header(header["config"])
         except (TypeError, ValueError) as e:
             raise FileFormatError(
-                path, f"invalid backbone config in header: {_one_line(e)}"
+                path, f"invalid backbone config in header: {safefile.one_line(e)}"
             ) from None
         if not isinstance(header.get("content_hash"), str):
             raise FileFormatError(path, "backbone header has no content hash")
@@ -315,15 +316,6 @@ class Backbone(nn.Module):
         reserved = ("kind", "config", "content_hash", "format_version")
         meta = {k: v for k, v in header.items() if k not in reserved}
         model = cls(config, metadata=meta)
-        try:
-            model.flow.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise FileFormatError(
-                path, f"weights do not match the config: {_one_line(e)}"
-            ) from None
+        safefile.load_weights(model.flow, tensors, path)
         model.to(map_location)
         return model.freeze() if frozen else model
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:300]

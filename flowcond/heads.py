@@ -81,9 +81,7 @@ class Heads(nn.Module):
             name, sep, value = item.partition("=")
             name = name.strip()
             if not sep:
-                raise ConfigError(
-                    f"condition {item!r} must look like NAME=VALUE, e.g. {self._example()}"
-                )
+                raise ConfigError(f"condition {item!r} must look like NAME=VALUE, e.g. {self._example()}")
             if name not in self.kinds:
                 raise ConfigError(
                     f"condition {item!r}: plugin {name!r} is not attached; this heads file has "
@@ -125,9 +123,7 @@ class Heads(nn.Module):
         eps_res = torch.randn(n, self.backbone.latent_dim, generator=generator) * temperature
         return eps, eps_res
 
-    def generate_from_input(
-        self, c: torch.Tensor, eps: torch.Tensor, eps_res: torch.Tensor
-    ) -> torch.Tensor:
+    def generate_from_input(self, c: torch.Tensor, eps: torch.Tensor, eps_res: torch.Tensor) -> torch.Tensor:
         """Encoder input + noise -> flat standardized latent ``(B, D)``."""
         out = self.encoder(c, eps, eps_res)
         return self.backbone.to_flat(out) if self.encoder.spatial else out
@@ -163,9 +159,7 @@ class Heads(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Latents -> images through the frozen backbone, in batches."""
-        return torch.cat(
-            [self.backbone.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)]
-        )
+        return torch.cat([self.backbone.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
     @torch.no_grad()
     def sample(
@@ -223,9 +217,7 @@ class Heads(nn.Module):
         safefile.write(path, weights, header)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None
-    ) -> Heads:
+    def load(cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None) -> Heads:
         """Validate and load a heads file onto ``backbone`` (default: the backbone path it records)."""
         from . import plugins
         from .attach import AttachConfig
@@ -239,9 +231,7 @@ class Heads(nn.Module):
             candidates = [Path(recorded), Path(path).parent / recorded]
             found = next((p for p in candidates if p.is_file()), None)
             if found is None:
-                raise FileFormatError(
-                    path, f"its backbone {recorded} was not found; pass --backbone"
-                )
+                raise FileFormatError(path, f"its backbone {recorded} was not found; pass --backbone")
             backbone = found
         bb_path = backbone if not isinstance(backbone, Backbone) else None
         if bb_path is not None:
@@ -269,11 +259,6 @@ class Heads(nn.Module):
             raise FileFormatError(path, f"invalid attach config in header: {e}") from None
         heads = cls(backbone, kinds, config)
         tensors, _ = safefile.read(path, KIND)
-        try:
-            heads.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise FileFormatError(
-                path, f"weights do not match the header: {' '.join(str(e).split())[:300]}"
-            ) from None
+        safefile.load_weights(heads, tensors, path, against="the header")
         heads.metadata = {k: v for k, v in header.items() if k not in ("kind", "format_version")}
         return heads.eval()

@@ -41,17 +41,14 @@ def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write(
-    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: dict[str, Any]
-) -> None:
+def write(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: dict[str, Any]) -> None:
     """Write ``tensors`` plus the JSON ``header`` atomically (temp file in the same folder, rename).
 
     ``format_version`` is always this flowcond's; ``header`` cannot override it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format_version": FORMAT_VERSION,
-              **{k: v for k, v in header.items() if k != "format_version"}}
+    header = {"format_version": FORMAT_VERSION, **{k: v for k, v in header.items() if k != "format_version"}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={"flowcond": json.dumps(header)})
@@ -95,9 +92,12 @@ def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, A
         if name == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and o >= 0 for o in offsets)
-                or offsets[0] > offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
             raise FileFormatError(path, f"corrupted safetensors header (entry {name!r})")
         end = max(end, offsets[1])
     if 8 + n + end > size:
@@ -105,9 +105,7 @@ def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, A
     extra = meta.get("__metadata__")
     info = extra.get("flowcond") if isinstance(extra, dict) else None
     if info is None:
-        raise FileFormatError(
-            path, "safetensors file without a flowcond header (not written by flowcond)"
-        )
+        raise FileFormatError(path, "safetensors file without a flowcond header (not written by flowcond)")
     try:
         header = json.loads(info)
     except (TypeError, json.JSONDecodeError):
@@ -125,27 +123,38 @@ def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, A
     return header
 
 
-def read(
-    path: str | os.PathLike, kind: str | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Validate the header, then load the tensors; checks the stored content hash if present."""
     header = read_header(path, kind)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise FileFormatError(path, f"corrupted tensor data ({_one_line(e)})") from None
+        raise FileFormatError(path, f"corrupted tensor data ({one_line(e)})") from None
     expected = header.get("content_hash")
     if expected is not None and content_hash(tensors) != expected:
         raise FileFormatError(path, "content hash mismatch: the weights are corrupted")
     return tensors, header
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception's message folded onto one line (at most 300 characters)."""
     return " ".join(str(e).split())[:300]
+
+
+def load_weights(
+    module: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    against: str = "the config",
+) -> None:
+    """``module.load_state_dict(tensors, strict=True)``; a mismatch is a one-line FileFormatError."""
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise FileFormatError(path, f"weights do not match {against}: {one_line(e)}") from None
 
 
 def _not_safetensors_reason(head: bytes) -> str:
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head[:2] == b"PK":
-        return ("not a safetensors file (looks like a pickle/torch.save file; "
-                "flowcond never unpickles)")
+        return "not a safetensors file (looks like a pickle/torch.save file; flowcond never unpickles)"
     return "not a safetensors file (bad header length: truncated or another format)"

@@ -50,12 +50,18 @@ class TrainConfig(BaseModel):
     out: str = "backbone.safetensors"
     resume: bool = False
     progress: bool = True
-    compile: bool = Field(False, description="torch.compile the training loss (about 25% more "
-                                             "images/s on 2 CPU cores after a minute or two of "
-                                             "compiling; falls back to eager if compiling fails)")
-    fast: bool = Field(True, description="channels-last fast path and malloc tuning "
-                                         "(flowcond.fastflow); False: normflows' own code "
-                                         "(same model and results up to float rounding, slower)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the training loss (about 25% more "
+        "images/s on 2 CPU cores after a minute or two of "
+        "compiling; falls back to eager if compiling fails)",
+    )
+    fast: bool = Field(
+        True,
+        description="channels-last fast path and malloc tuning "
+        "(flowcond.fastflow); False: normflows' own code "
+        "(same model and results up to float rounding, slower)",
+    )
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -93,8 +99,7 @@ def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
 
 
-def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
-                     state: dict[str, Any]) -> None:
+def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     tensors = {f"model.{k}": v for k, v in model.flow.state_dict().items()}
     opt_sd = opt.state_dict()
     for idx, st in opt_sd["state"].items():
@@ -104,14 +109,16 @@ def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
     safefile.write(path, tensors, header)
 
 
-def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
-                     bcfg: BackboneConfig, cfg: TrainConfig) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path, model: Backbone, opt: torch.optim.Optimizer, bcfg: BackboneConfig, cfg: TrainConfig
+) -> dict[str, Any]:
     tensors, header = safefile.read(path, CHECKPOINT_KIND)
     try:
         written_for = BackboneConfig.from_header(header.get("config"))
     except (TypeError, ValueError) as e:
-        problem = " ".join(str(e).split())[:300]
-        raise FileFormatError(path, f"invalid backbone config in checkpoint: {problem}") from None
+        raise FileFormatError(
+            path, f"invalid backbone config in checkpoint: {safefile.one_line(e)}"
+        ) from None
     if written_for != bcfg:
         changed = {k: v for k, v in written_for.model_dump().items() if bcfg.model_dump()[k] != v}
         raise ConfigError(
@@ -139,15 +146,19 @@ def _load_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer,
         if missing:
             raise KeyError(", ".join(missing))
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        problem = " ".join(str(e).split())[:300]
-        raise FileFormatError(path, f"invalid checkpoint: {problem}") from None
+        raise FileFormatError(path, f"invalid checkpoint: {safefile.one_line(e)}") from None
     return header
 
 
-def train_step(model: Backbone, opt: torch.optim.Optimizer, x: torch.Tensor, noise: torch.Tensor,
-               lr: float, clip: float,
-               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-               ) -> float | None:
+def train_step(
+    model: Backbone,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    noise: torch.Tensor,
+    lr: float,
+    clip: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> float | None:
     """One maximum-likelihood step on images ``x`` with dequantization ``noise``.
 
     ``loss_fn(x, noise)`` (default: mean ``model.bits_per_dim``) gives the loss. Returns the
@@ -185,8 +196,7 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
     model.fast = cfg.fast
     opt = _make_optimizer(model, cfg)
     ckpt = checkpoint_path(cfg.out)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [],
-                             "train_seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
     if cfg.resume and ckpt.exists():
         header = _load_checkpoint(ckpt, model, opt, bcfg, cfg)
         state = {k: header[k] for k in state}
@@ -204,16 +214,20 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=g)
-        bar = tqdm(_batches(train, cfg.batch_size, order), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        bar = tqdm(
+            _batches(train, cfg.batch_size, order),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
         skipped_epoch, losses = 0, []
         for x in bar:
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
             noise = torch.rand(x.shape, generator=g)
             lr = cfg.lr * min(1.0, (state["step"] + 1) / max(cfg.warmup, 1))
-            loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip,
-                              loss_fn)
+            loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip, loss_fn)
             if loss is None:
                 skipped_epoch += 1
                 if skipped_epoch > steps_per_epoch // 2:
@@ -226,14 +240,17 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
         state["train_seconds"] += time.perf_counter() - t0
         test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
         train_bpd = sum(losses) / max(len(losses), 1)
-        state["history"].append({"epoch": epoch + 1, "train_bpd": train_bpd, "test_bpd": test_bpd,
-                                 "skipped": skipped_epoch})
+        state["history"].append(
+            {"epoch": epoch + 1, "train_bpd": train_bpd, "test_bpd": test_bpd, "skipped": skipped_epoch}
+        )
         state["epoch"] = epoch + 1
-        tqdm.write(f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} "
-                   "bits/dim"
-                   + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else ""))
-        _save_checkpoint(ckpt, model, opt, {**state, "train_config": cfg.model_dump(),
-                                            "config": bcfg.model_dump()})
+        tqdm.write(
+            f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} "
+            "bits/dim" + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else "")
+        )
+        _save_checkpoint(
+            ckpt, model, opt, {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump()}
+        )
 
     model.freeze()
     if state["history"]:
@@ -243,11 +260,17 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
     summary = {
         "dataset": test.spec | {"split": "train"},
         "test_bits_per_dim": test_bpd,
-        "training": {"epochs": state["epoch"], "steps": state["step"],
-                     "skipped_batches": state["skipped"],
-                     "seconds": round(state["train_seconds"], 1), "batch_size": cfg.batch_size,
-                     "lr": cfg.lr, "optimizer": cfg.optimizer, "seed": cfg.seed,
-                     "compiled": bool(loss_fn is not None and loss_fn.failed is None)},
+        "training": {
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "skipped_batches": state["skipped"],
+            "seconds": round(state["train_seconds"], 1),
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "optimizer": cfg.optimizer,
+            "seed": cfg.seed,
+            "compiled": bool(loss_fn is not None and loss_fn.failed is None),
+        },
         "history": state["history"],
     }
     model.save(cfg.out, **summary)
@@ -279,8 +302,11 @@ class CompiledLoss:
         self.failed = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
         if self.model._fast is not None:
             self.model._fast.fuse_training = True
-        warnings.warn(f"torch.compile failed, training continues without it ({self.failed})",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"torch.compile failed, training continues without it ({self.failed})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.failed is None:
@@ -292,14 +318,20 @@ class CompiledLoss:
 
 
 def _diverged(epoch: int, skipped: int, ckpt: Path) -> str:
-    where = (f"the last good checkpoint is {ckpt} (continue from it with --resume)" if ckpt.exists()
-             else f"no checkpoint was written yet ({ckpt})")
-    return (f"training diverged in epoch {epoch + 1}: {skipped} non-finite batches; lower --lr or "
-            f"raise --warmup; {where}")
+    where = (
+        f"the last good checkpoint is {ckpt} (continue from it with --resume)"
+        if ckpt.exists()
+        else f"no checkpoint was written yet ({ckpt})"
+    )
+    return (
+        f"training diverged in epoch {epoch + 1}: {skipped} non-finite batches; lower --lr or "
+        f"raise --warmup; {where}"
+    )
 
 
-def save_sample_grid(model: Backbone, path: str | Path, n: int = 64, temperature: float = 0.7,
-                     seed: int = 0) -> None:
+def save_sample_grid(
+    model: Backbone, path: str | Path, n: int = 64, temperature: float = 0.7, seed: int = 0
+) -> None:
     """Write an ``n``-image sample grid PNG at ``temperature`` (atomic)."""
     from .images import save_grid
 

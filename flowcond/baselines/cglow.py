@@ -122,11 +122,11 @@ class CGlow(nn.Module):
     # ------------------------------------------------------------ conditions
     @property
     def latent_dim(self) -> int:
-        return self.config.dim
+        return self.backbone.latent_dim
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.config.image_shape
+        return self.backbone.image_shape
 
     def condition(
         self, ids: torch.Tensor | None = None, attributes: torch.Tensor | None = None, n: int | None = None
@@ -269,15 +269,10 @@ class CGlow(nn.Module):
             config = BackboneConfig(**header["config"])
             cglow = CGlowConfig(**header["cglow"])
         except (KeyError, TypeError, ValueError) as e:
-            raise FileFormatError(path, f"invalid cglow header: {' '.join(str(e).split())[:300]}") from None
+            raise FileFormatError(path, f"invalid cglow header: {safefile.one_line(e)}") from None
         reserved = ("kind", "config", "cglow", "content_hash", "format_version")
         model = cls(config, cglow, {k: v for k, v in header.items() if k not in reserved})
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise FileFormatError(
-                path, f"weights do not match the config: {' '.join(str(e).split())[:300]}"
-            ) from None
+        safefile.load_weights(model, tensors, path)
         return model.freeze()
 
 
