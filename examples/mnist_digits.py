@@ -32,6 +32,12 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+def mean_nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean L2 distance from each image of ``x`` to its nearest image in ``reference``."""
+    d = torch.cdist(x.reshape(len(x), -1), reference.reshape(len(reference), -1))
+    return float(d.min(1).values.mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=str(HERE / "backbones" / "glow_mnist5k.safetensors"))
@@ -93,11 +99,21 @@ def main() -> None:
         )
     report["sampling_images_per_second"] = round(n / (time.perf_counter() - t1), 1)
     real = load_dataset("mnist5k", "test")
-    gen_d = [mean_pairwise_distance(images[targets["ids"] == k]) for k in range(10)]
-    real_d = [mean_pairwise_distance(real.images[real.labels["digit"] == k]) for k in range(10)]
+    train = load_dataset("mnist5k", "train")
+    gen_d, real_d, gen_nn, real_nn = [], [], [], []
+    for k in range(10):
+        gen_k, real_k = images[targets["ids"] == k], real.images[real.labels["digit"] == k]
+        train_k = train.images[train.labels["digit"] == k]
+        gen_d.append(mean_pairwise_distance(gen_k))
+        real_d.append(mean_pairwise_distance(real_k))
+        gen_nn.append(mean_nearest_distance(gen_k, train_k))
+        real_nn.append(mean_nearest_distance(real_k, train_k))
     report["diversity"] = {
         "generated_mean_pairwise_l2": round(sum(gen_d) / 10, 3),
         "real_mean_pairwise_l2": round(sum(real_d) / 10, 3),
+        # far below the real figure would mean the heads copy training digits
+        "generated_nearest_train_l2": round(sum(gen_nn) / 10, 3),
+        "real_test_nearest_train_l2": round(sum(real_nn) / 10, 3),
     }
     if Path(args.evaluator).is_file():
         from flowcond.evaluator import Evaluator

@@ -31,6 +31,7 @@ from .datasets import load_dataset
 from .errors import ConfigError, FlowcondError
 from .heads import Heads
 from .latents import LatentCache
+from .threads import torch_threads
 
 CHECKPOINT_KIND = "heads-checkpoint"
 
@@ -300,10 +301,7 @@ def attach(
         disable=not progress,
     )
     t_loop = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         for step in bar:
             idx = torch.randint(n, (B,), generator=g)
             z_real = z_all[idx]
@@ -344,8 +342,6 @@ def attach(
                     ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()}
                 )
         bar.close()
-    finally:
-        torch.set_num_threads(threads_before)
     state["train_seconds"] += time.perf_counter() - t_loop
 
     heads.eval()

@@ -61,8 +61,9 @@ from .baselines.cglow import CGlow, CGlowTrainConfig, train_cglow
 from .baselines.prestored import PreStored
 from .datasets import ImageDataset, load_dataset
 from .errors import ConfigError
-from .evaluator import Evaluator, torch_threads, train_evaluator
+from .evaluator import Evaluator, train_evaluator
 from .images import save_grid
+from .threads import torch_threads
 
 METHODS = ("CAGlow", "CGlow", "Glow + pre-stored")
 

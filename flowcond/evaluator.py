@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import safefile
 from .datasets import ImageDataset, load_dataset
 from .errors import ConfigError, FileFormatError
+from .threads import torch_threads
 
 KIND = "evaluator"
 #: default (rotation degrees, zoom) augmentation per label kind
@@ -315,20 +314,6 @@ class EvaluatorTrainConfig(BaseModel):
     dropout: float = Field(0.3, ge=0, lt=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     seed: int = 0
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (``None``: leave torch's setting alone)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train_evaluator(

@@ -27,6 +27,7 @@ from .config import BackboneConfig
 from .datasets import ImageDataset, load_dataset
 from .errors import ConfigError, FileFormatError, FlowcondError
 from .fastflow import retain_freed_memory
+from .threads import torch_threads
 
 CHECKPOINT_KIND = "backbone-checkpoint"
 
@@ -44,6 +45,12 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adamax", "adam"] = "adamax"
     warmup: int = Field(200, ge=0, description="linear learning-rate warmup steps")
+    decay_epochs: int = Field(
+        0, ge=0, description="decay the learning rate linearly to 0 over the last this many epochs"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training (None: torch's setting)"
+    )
     clip: float = Field(50.0, gt=0, description="gradient norm clip")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     seed: int = 0
@@ -78,20 +85,53 @@ def _batches(ds: ImageDataset, batch_size: int, order: torch.Tensor) -> Iterator
             yield torch.stack([ds[int(i)][0] for i in idx])
 
 
+def _outliers(stats: dict[str, float | int]) -> str:
+    n = stats["worse_than_uniform"]
+    if not n:
+        return ""
+    return f" (median {stats['median']:.4f}; {n} test image(s) score worse than uniform)"
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimizer step ``step``: linear warmup, constant, then the linear decay to 0
+    over the last ``decay_epochs`` epochs."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    if cfg.decay_epochs:
+        left = cfg.epochs * steps_per_epoch - step
+        lr *= min(1.0, max(left, 0) / (cfg.decay_epochs * steps_per_epoch))
+    return lr
+
+
 @torch.no_grad()
-def evaluate_bpd(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
-    """Mean test bits/dim with uniform dequantization noise from a fixed generator."""
+def bpd_per_image(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+    """Bits/dim of every image of ``ds`` with uniform dequantization noise from a fixed generator."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    total, n = 0.0, 0
+    out = []
     for x in _batches(ds, batch_size, torch.arange(len(ds))):
         noise = torch.rand(x.shape, generator=g)
-        bpd = model.bits_per_dim(x.to(model.device), noise.to(model.device))
-        total += float(bpd.sum())
-        n += len(x)
+        out.append(model.bits_per_dim(x.to(model.device), noise.to(model.device)).double().cpu())
     model.train(was_training)
-    return total / max(n, 1)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def evaluate_bpd(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
+    """Mean test bits/dim with uniform dequantization noise from a fixed generator."""
+    return bpd_stats(bpd_per_image(model, ds, batch_size, seed), model.config.n_bits)["mean"]
+
+
+def bpd_stats(bpd: torch.Tensor, n_bits: int) -> dict[str, float | int]:
+    """Mean and median bits/dim, and how many images score worse than a uniform distribution
+    (``n_bits`` bits/dim): a flow's inverse can explode on a few unseen images (Behrmann et al.,
+    2021), and one such image dominates the mean."""
+    if len(bpd) == 0:
+        return {"mean": 0.0, "median": 0.0, "worse_than_uniform": 0}
+    return {
+        "mean": float(bpd.mean()),
+        "median": float(bpd.nan_to_num(nan=float("inf")).median()),  # NaN ranks as the worst
+        "worse_than_uniform": int((~(bpd <= n_bits)).sum()),
+    }
 
 
 def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -182,6 +222,11 @@ def train_step(
 
 def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
     """Train a backbone; returns the frozen model and a summary (also stored in its file header)."""
+    with torch_threads(cfg.threads):
+        return _train_backbone(bcfg, cfg)
+
+
+def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
     train = load_dataset(cfg.dataset, "train", root=cfg.root, download=cfg.download)
     test = load_dataset(cfg.dataset, "test", root=cfg.root, download=cfg.download)
     if tuple(train.image_shape) != bcfg.image_shape:
@@ -226,7 +271,7 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
             noise = torch.rand(x.shape, generator=g)
-            lr = cfg.lr * min(1.0, (state["step"] + 1) / max(cfg.warmup, 1))
+            lr = learning_rate(cfg, state["step"], steps_per_epoch)
             loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip, loss_fn)
             if loss is None:
                 skipped_epoch += 1
@@ -238,28 +283,35 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
             bar.set_postfix(bpd=f"{loss:.3f}", lr=f"{lr:.1e}")
         state["skipped"] += skipped_epoch
         state["train_seconds"] += time.perf_counter() - t0
-        test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
+        stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
         train_bpd = sum(losses) / max(len(losses), 1)
         state["history"].append(
-            {"epoch": epoch + 1, "train_bpd": train_bpd, "test_bpd": test_bpd, "skipped": skipped_epoch}
+            {
+                "epoch": epoch + 1,
+                "train_bpd": train_bpd,
+                "test_bpd": stats["mean"],
+                "test_median_bpd": stats["median"],
+                "test_worse_than_uniform": stats["worse_than_uniform"],
+                "skipped": skipped_epoch,
+            }
         )
         state["epoch"] = epoch + 1
         tqdm.write(
-            f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {test_bpd:.4f} "
-            "bits/dim" + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else "")
+            f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
+            + _outliers(stats)
+            + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else "")
         )
         _save_checkpoint(
             ckpt, model, opt, {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump()}
         )
 
     model.freeze()
-    if state["history"]:
-        test_bpd = state["history"][-1]["test_bpd"]
-    else:
-        test_bpd = evaluate_bpd(model, test, seed=cfg.seed)
+    stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
     summary = {
         "dataset": test.spec | {"split": "train"},
-        "test_bits_per_dim": test_bpd,
+        "test_bits_per_dim": stats["mean"],
+        "test_bits_per_dim_median": stats["median"],
+        "test_images_worse_than_uniform": stats["worse_than_uniform"],
         "training": {
             "epochs": state["epoch"],
             "steps": state["step"],
@@ -267,6 +319,7 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
             "seconds": round(state["train_seconds"], 1),
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
+            "decay_epochs": cfg.decay_epochs,
             "optimizer": cfg.optimizer,
             "seed": cfg.seed,
             "compiled": bool(loss_fn is not None and loss_fn.failed is None),

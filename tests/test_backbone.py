@@ -377,15 +377,19 @@ def test_retain_freed_memory(monkeypatch):
 
 def test_fast_path_is_as_accurate_as_normflows_on_a_trained_backbone():
     """On a trained 3x10 Glow, float32 rounding alone moves latents by ~5e-5 (normflows' own path
-    vs float64), so the fast path is held to normflows' float32 accuracy, measured in float64."""
+    vs float64), so the fast path is held to normflows' float32 accuracy, measured in float64, on
+    the test digits it was made for (random images are far out of distribution and their latents
+    grow large)."""
     import copy
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "examples" / "backbones" / "glow_mnist5k.safetensors"
     if not path.is_file():
         pytest.skip(f"{path} is not there")
+    from flowcond.datasets import load_dataset
+
     model = Backbone.load(path)
-    x = _images(48, model.image_shape, seed=3)
+    x = load_dataset("mnist5k", "test").images[:48]
     exact = copy.deepcopy(model).double()
     exact.fast = False
     with torch.no_grad():

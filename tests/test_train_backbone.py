@@ -14,8 +14,10 @@ from flowcond.errors import ConfigError, FlowcondError
 from flowcond.train_backbone import (
     CHECKPOINT_KIND,
     TrainConfig,
+    bpd_stats,
     checkpoint_path,
     evaluate_bpd,
+    learning_rate,
     train_backbone,
 )
 
@@ -52,6 +54,8 @@ def test_training_lowers_test_bits_per_dim(tmp_path):
     loaded = Backbone.load(cfg.out)
     assert loaded.content_hash == model.content_hash
     assert loaded.metadata["test_bits_per_dim"] == pytest.approx(after)
+    assert 0 <= loaded.metadata["test_images_worse_than_uniform"] < len(test)
+    assert 0 < loaded.metadata["test_bits_per_dim_median"] < 8
     assert loaded.metadata["dataset"]["name"] == "digits"
     assert evaluate_bpd(loaded, test) == pytest.approx(after, abs=1e-5)
     header = safefile.read_header(checkpoint_path(cfg.out), CHECKPOINT_KIND)
@@ -161,6 +165,38 @@ def test_plain_normflows_training_matches_fast_path(tmp_path):
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
 
 
+def test_bpd_stats_name_the_images_an_exploding_inverse_dominates():
+    stats = bpd_stats(torch.tensor([1.0, 1.5, 2.0, 1.0e11, float("nan")], dtype=torch.float64), n_bits=8)
+    assert stats["median"] == pytest.approx(2.0)
+    assert stats["worse_than_uniform"] == 2  # the exploding one and the NaN
+    assert stats["mean"] != stats["mean"] or stats["mean"] > 1e10  # the mean is what it is
+    stats = bpd_stats(torch.tensor([1.0, 3.0]), n_bits=8)
+    assert stats == {"mean": 2.0, "median": 1.0, "worse_than_uniform": 0}  # torch: lower middle
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_zero(tmp_path):
+    cfg = _tcfg(tmp_path / "x.safetensors", epochs=10, lr=1e-3, warmup=4, decay_epochs=2)
+    lrs = [learning_rate(cfg, step, steps_per_epoch=5) for step in range(50)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4:40] == pytest.approx([1e-3] * 36)  # constant until the last 2 epochs
+    assert lrs[40:] == pytest.approx([1e-3 * (10 - i) / 10 for i in range(10)])
+    assert learning_rate(cfg.model_copy(update={"decay_epochs": 0}), 49, 5) == pytest.approx(1e-3)
+
+
+def test_training_uses_the_requested_threads_and_restores_them(tmp_path, monkeypatch):
+    import flowcond.train_backbone as tb
+
+    seen = []
+    real_step = tb.train_step
+    monkeypatch.setattr(
+        tb, "train_step", lambda *a, **k: seen.append(torch.get_num_threads()) or real_step(*a, **k)
+    )
+    before = torch.get_num_threads()
+    train_backbone(BCFG, _tcfg(tmp_path / "t.safetensors", epochs=1, max_steps=2, threads=1))
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
+
+
 def test_cli_train_backbone(tmp_path):
     from flowcond.cli import cli
 
@@ -181,6 +217,10 @@ def test_cli_train_backbone(tmp_path):
         "3",
         "--warmup",
         "2",
+        "--decay-epochs",
+        "1",
+        "--threads",
+        "1",
         "--out",
         str(out),
         "--quiet",
