@@ -92,7 +92,7 @@ def worker(kind: str, args) -> dict:
 
     from flowcond import fastflow
     from flowcond.backbone import Backbone
-    from flowcond.train_backbone import train_step
+    from flowcond.train_backbone import CompiledLoss, train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,19 +112,16 @@ def worker(kind: str, args) -> dict:
         model.initialize(x)
         opt = torch.optim.Adamax(model.parameters(), lr=1e-3, weight_decay=1e-5)
         if kind == "flowcond-compile":
-            fastflow.FUSE_TRAINING = False  # let inductor fuse
-            loss_fn = torch.compile(lambda a, b: model.bits_per_dim(a, b).mean())
+            loss_fn = CompiledLoss(model)  # exactly what train-backbone --compile uses
 
             def step():
-                loss = loss_fn(x, noise)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
-                opt.step()
+                train_step(model, opt, x, noise, 1e-3, 50.0, loss_fn)
 
             t0 = time.perf_counter()
             step()
             out["compile_s"] = time.perf_counter() - t0
+            if loss_fn.failed:
+                raise RuntimeError(f"torch.compile failed: {loss_fn.failed}")
             out["times"] = _timed(step, args.iters, args.warmup)
         else:
             out["times"] = _timed(lambda: train_step(model, opt, x, noise, 1e-3, 50.0),
@@ -370,8 +367,6 @@ def main() -> None:
                   if "flops_per_image" in x), None)
     print("\n(c) encode FLOP/s")
     if flops and mm and efc:
-        from flowcond.config import BackboneConfig as _C  # noqa: F401  (cfg already built)
-
         analytic = _analytic_flops(cfg)
         achieved = flops * efc
         print(f"  FLOPs per image: {flops / 1e9:.4f} GFLOP counted (FlopCounterMode), "
