@@ -246,10 +246,6 @@ def edit_metrics(amps: list[np.ndarray]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ helpers
-def _atomic_text(path: Path, text: str) -> None:
-    write_text(path, text)
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -638,8 +634,8 @@ def _evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_run,
     }
     report = _jsonable(report)
-    _atomic_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    _atomic_text(out / "results.md", markdown(report))
+    write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "results.md", markdown(report))
     return report
 
 

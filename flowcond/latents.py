@@ -120,7 +120,7 @@ class LatentCache:
         flush()
         bar.close()
         manifest = {**want, "latent_dim": backbone.latent_dim, "shards": shards}
-        _write_json_atomic(manifest_path, manifest)
+        write_text(manifest_path, json.dumps(manifest, indent=1))
         return cls(folder, manifest)
 
     def load_shard(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -149,7 +149,3 @@ class LatentCache:
                 for s in range(0, len(z) - batch_size + 1, batch_size):
                     idx = order[s : s + batch_size]
                     yield z[idx], {k: v[idx] for k, v in labels.items()}
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=1))

@@ -46,8 +46,6 @@ def write(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: 
 
     ``format_version`` is always this flowcond's; ``header`` cannot override it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format_version": FORMAT_VERSION, **{k: v for k, v in header.items() if k != "format_version"}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as tmp:

@@ -306,7 +306,15 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
         )
 
     model.freeze()
-    stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
+    last = state["history"][-1] if state["history"] else {}
+    if "test_median_bpd" in last:  # the last epoch evaluated the final weights already
+        stats = {
+            "mean": last["test_bpd"],
+            "median": last["test_median_bpd"],
+            "worse_than_uniform": last["test_worse_than_uniform"],
+        }
+    else:  # no epoch run here, or a checkpoint from before the median was recorded
+        stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
     summary = {
         "dataset": test.spec | {"split": "train"},
         "test_bits_per_dim": stats["mean"],
