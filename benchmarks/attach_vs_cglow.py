@@ -5,7 +5,7 @@ Run ``python benchmarks/attach_vs_cglow.py --backbone B.safetensors --evaluator 
 
 (a) **time to best accuracy**: CAGlow attaches ``ids`` heads to the frozen backbone in chunks of
     ``--attach-chunk`` steps (resuming exactly from each chunk's checkpoint); CGlow (the same Glow
-    shape with a class-conditional prior, :mod:`flowcond.baselines.cglow`) trains end to end and is
+    shape with a class-conditional prior, :mod:`flowcond.paper.baselines.cglow`) trains end to end and is
     evaluated every ``--cglow-eval-every`` steps. After each chunk the class evaluator judges
     ``--samples-per-class`` samples per class. Reported: the training wall time (CAGlow: encoding
     the dataset once + attach steps; evaluation time excluded for both) at which each method first
@@ -30,13 +30,13 @@ import torch
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=r".*torch\.lu is deprecated.*")
 
-from flowcond import metrics  # noqa: E402
-from flowcond.attach import AttachConfig, attach  # noqa: E402
-from flowcond.backbone import Backbone  # noqa: E402
-from flowcond.baselines import CGlowTrainConfig, PreStored, train_cglow  # noqa: E402
+from flowcond.paper import metrics  # noqa: E402
+from flowcond.caglow.attach import AttachConfig, attach  # noqa: E402
+from flowcond.flow.backbone import Backbone  # noqa: E402
+from flowcond.paper.baselines import CGlowTrainConfig, PreStored, train_cglow  # noqa: E402
 from flowcond.datasets import load_dataset  # noqa: E402
-from flowcond.evaluator import Evaluator  # noqa: E402
-from flowcond.latents import LatentCache  # noqa: E402
+from flowcond.paper.evaluator import Evaluator  # noqa: E402
+from flowcond.caglow.latents import LatentCache  # noqa: E402
 
 
 def best_times(curve: list[dict]) -> dict:

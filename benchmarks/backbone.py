@@ -2,7 +2,7 @@
 
 Run ``python benchmarks/backbone.py`` (``--help`` for options). Prints, in one run:
 
-(a) training images/s of the flowcond backbone (``flowcond.train_backbone.train_step``: bits/dim
+(a) training images/s of the flowcond backbone (``flowcond.flow.train.train_step``: bits/dim
     loss, backward, gradient clipping, Adamax step, set up as ``train_backbone`` does) and of a
     plain normflows ``MultiscaleFlow`` Glow of the same shape built as in normflows' Glow example
     (``GlowBlock``, ``Squeeze``, ``Merge``, ``GlowBase``; ``model.forward_kld`` loss; Adamax), and
@@ -79,7 +79,7 @@ def _timed(fn, iters: int, warmup: int) -> list[float]:
 
 
 def _config(args):
-    from flowcond.config import BackboneConfig
+    from flowcond.flow.config import BackboneConfig
 
     shape = tuple(int(s) for s in args.shape.lower().split("x"))
     return BackboneConfig(channels=shape[0], height=shape[1], width=shape[2], levels=args.levels,
@@ -90,9 +90,9 @@ def worker(kind: str, args) -> dict:
     """One measurement in this (fresh) process; returns seconds per iteration and extras."""
     import torch
 
-    from flowcond import fastflow
-    from flowcond.backbone import Backbone
-    from flowcond.train_backbone import CompiledLoss, train_step
+    from flowcond.flow import fast as fastflow
+    from flowcond.flow.backbone import Backbone
+    from flowcond.flow.train import CompiledLoss, train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,7 +263,7 @@ def run_worker(kind: str, argv: list[str], timeout: float) -> dict:
 
 
 def main() -> None:
-    from flowcond.config import BackboneConfig
+    from flowcond.flow.config import BackboneConfig
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from flowcond.attach import AttachConfig, attach
+from flowcond.caglow.attach import AttachConfig, attach
 from flowcond.datasets import load_dataset
-from flowcond.generate import explore, interpolate, sample_rows
-from flowcond.images import save_grid
+from flowcond.caglow.generate import explore, interpolate, sample_rows
+from flowcond.io.images import save_grid
 
 HERE = Path(__file__).resolve().parent
 
@@ -116,7 +116,7 @@ def main() -> None:
         "real_test_nearest_train_l2": round(sum(real_nn) / 10, 3),
     }
     if Path(args.evaluator).is_file():
-        from flowcond.evaluator import Evaluator
+        from flowcond.paper.evaluator import Evaluator
 
         ev = Evaluator.load(args.evaluator)
         pred = ev.predict(images)

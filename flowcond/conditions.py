@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from .errors import ConfigError
+from flowcond.errors import ConfigError
 
 
 class NoOptions(BaseModel):

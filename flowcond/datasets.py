@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ConfigError
+from flowcond.errors import ConfigError
 
 LabelKind = Literal["categorical", "binary", "continuous"]
 
@@ -84,7 +84,7 @@ def load_dataset(
     name: str, split: str = "train", root: str | None = None, download: bool = False, **options: Any
 ) -> ImageDataset:
     """Load a registered dataset by name (``flowcond plugins`` lists them)."""
-    from .plugins import datasets
+    from flowcond.registry import datasets
 
     registry = datasets()
     if name not in registry:

@@ -37,7 +37,7 @@ import pytest
 if TYPE_CHECKING:
     from click.testing import Result
 
-    from flowcond.backbone import Backbone
+    from flowcond.flow.backbone import Backbone
     from flowcond.datasets import ImageDataset
 
 
@@ -45,16 +45,16 @@ class PluginSandbox:
     """Registrations made through it, or by anything during a test, are undone by :meth:`close`."""
 
     def __init__(self, autoload: bool = True) -> None:
-        from flowcond import plugins
+        from flowcond import registry
 
-        self._plugins = plugins
+        self._plugins = registry
         if autoload:
-            plugins.load_entry_point_plugins()
+            registry.load_entry_point_plugins()
         self._saved = self._snapshot()
         self._counter = 0
         if not autoload:
             self.clear()
-            plugins._loaded = True  # entry points are not loaded
+            registry._loaded = True  # entry points are not loaded
 
     # ------------------------------------------------------------- state
     def _cli(self) -> Any:
@@ -101,12 +101,12 @@ class PluginSandbox:
     # ------------------------------------------------------------- actions
     @property
     def pm(self) -> Any:
-        """The pluggy PluginManager (``flowcond.plugins.pm``)."""
+        """The pluggy PluginManager (``flowcond.registry.pm``)."""
         return self._plugins.pm
 
     @property
     def errors(self) -> list:
-        """Plugin load and hook errors recorded so far (``flowcond.plugins.load_errors``)."""
+        """Plugin load and hook errors recorded so far (``flowcond.registry.load_errors``)."""
         return self._plugins.load_errors
 
     def register(self, plugin: Any, name: str | None = None) -> str:
@@ -139,11 +139,11 @@ class PluginSandbox:
         return [n for n, obj in self.pm.list_name_plugin() if obj is not None]
 
     def condition_kinds(self) -> dict[str, Any]:
-        """``flowcond.plugins.condition_kinds()``."""
+        """``flowcond.registry.condition_kinds()``."""
         return self._plugins.condition_kinds()
 
     def datasets(self) -> dict[str, Any]:
-        """``flowcond.plugins.datasets()``."""
+        """``flowcond.registry.datasets()``."""
         return self._plugins.datasets()
 
 

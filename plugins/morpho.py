@@ -1,7 +1,7 @@
 """Dataset ``mnist5k-morpho``: ``mnist5k`` plus Morpho-MNIST-style binary attributes.
 
 Labels: ``digit`` (as in ``mnist5k``), ``attributes`` (binary, 4: thick, slanted, wide, tall) and
-``morphometrics`` (continuous, 4: thickness, slant, width, height; see :mod:`flowcond.morpho`).
+``morphometrics`` (continuous, 4: thickness, slant, width, height; see :mod:`flowcond.paper.morpho`).
 An attribute is 1 when the measure is strictly above the median of that measure over the
 *training* split; both splits use the training medians, which the dataset spec records
 (``spec["medians"]``). ``slanted`` uses the signed slant, so it means "leans right more than the
@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowcond import hookimpl, safefile
+from flowcond import hookimpl
+from flowcond.io import safefile
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import FileFormatError
-from flowcond.morpho import DEFAULTS, MEASURES, MORPHO_VERSION, as_array, measure
+from flowcond.paper.morpho import DEFAULTS, MEASURES, MORPHO_VERSION, as_array, measure
 
 ATTRIBUTE_NAMES = ["thick", "slanted", "wide", "tall"]
 CACHE_KIND = "morpho-cache"

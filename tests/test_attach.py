@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from flowcond import Backbone, BackboneConfig
-from flowcond.attach import (
+from flowcond.caglow.attach import (
     AttachConfig,
     attach,
     checkpoint_path,
@@ -20,7 +20,7 @@ from flowcond.attach import (
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
-from flowcond.heads import Heads
+from flowcond.caglow.heads import Heads
 from flowcond.testing import tiny_image_dataset
 
 
@@ -58,11 +58,11 @@ def heads_file(backbone_file, tmp_path_factory):
 
 def _zero_heads() -> tuple[Heads, dict]:
     """Heads on a tiny dataset whose supervision block outputs exactly zero."""
-    from flowcond import plugins
+    from flowcond import registry
 
     bb = _tiny_backbone()
     ds = tiny_image_dataset()
-    kinds = {n: plugins.get_condition_kind(n).from_dataset(None, ds) for n in ("ids", "codes")}
+    kinds = {n: registry.get_condition_kind(n).from_dataset(None, ds) for n in ("ids", "codes")}
     heads = Heads(bb, kinds, AttachConfig(plugins=["ids", "codes"]))
     for p in heads.supervision.parameters():
         torch.nn.init.zeros_(p)
@@ -84,11 +84,11 @@ def test_losses_have_their_closed_form_on_a_zero_supervision_block():
 
 
 def test_feature_matching_is_zero_for_identical_latents_and_positive_otherwise():
-    from flowcond import plugins
+    from flowcond import registry
 
     bb = _tiny_backbone()
     ds = tiny_image_dataset()
-    kinds = {"ids": plugins.get_condition_kind("ids").from_dataset(None, ds)}
+    kinds = {"ids": registry.get_condition_kind("ids").from_dataset(None, ds)}
     heads = Heads(bb, kinds, AttachConfig(plugins=["ids"]))
     z = torch.randn(8, 64)
     t = {"ids": torch.arange(8)}
@@ -164,7 +164,7 @@ def test_resume_continues_exactly(backbone_file, tmp_path):
 
 
 def test_nan_during_attach_is_a_clear_error(backbone_file, tmp_path, monkeypatch):
-    from flowcond import encoder
+    from flowcond.caglow import encoder
 
     monkeypatch.setattr(
         encoder.Encoder,
@@ -238,7 +238,7 @@ def test_cli_interpolate_explore_manipulate(heads_file, tmp_path):
 
 
 def test_interpolation_endpoints_match_the_conditions(heads_file):
-    from flowcond.generate import interpolate
+    from flowcond.caglow.generate import interpolate
 
     heads = Heads.load(heads_file)
     a = {"ids": torch.tensor(1)}
@@ -251,7 +251,7 @@ def test_interpolation_endpoints_match_the_conditions(heads_file):
 
 
 def test_mean_feature_matching_ignores_pairing_but_pairwise_does_not():
-    from flowcond.attach import _feature_matching
+    from flowcond.caglow.attach import _feature_matching
 
     f = torch.randn(16, 8)
     shuffled = f[torch.randperm(16)]

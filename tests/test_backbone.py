@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from flowcond.backbone import Backbone
-from flowcond.config import BackboneConfig
-from flowcond.fastflow import FastGlow, supported
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig
+from flowcond.flow.fast import FastGlow, supported
 
 TINY = dict(channels=1, height=8, width=8, levels=2, steps=2, hidden=16)
 
@@ -347,7 +347,7 @@ def test_fast_path_refuses_other_structures():
 
 
 def test_frozen_chunks_do_not_change_results(monkeypatch):
-    import flowcond.fastflow as ff
+    import flowcond.flow.fast as ff
 
     model, x = _model(channels=1, height=16, width=16, levels=2, steps=2)
     _perturb(model)
@@ -364,7 +364,7 @@ def test_frozen_chunks_do_not_change_results(monkeypatch):
 
 
 def test_retain_freed_memory(monkeypatch):
-    import flowcond.fastflow as ff
+    import flowcond.flow.fast as ff
 
     monkeypatch.setattr(ff, "_RETAINED", False)
     monkeypatch.setenv("FLOWCOND_RETAIN_MEMORY", "0")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowcond import Backbone, BackboneConfig
-from flowcond.baselines import CGlow, CGlowConfig, CGlowTrainConfig, PreStored, train_cglow
+from flowcond.paper.baselines import CGlow, CGlowConfig, CGlowTrainConfig, PreStored, train_cglow
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.testing import tiny_image_dataset

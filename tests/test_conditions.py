@@ -14,7 +14,7 @@ from torch import nn
 from flowcond.conditions import ConditionKind, label_field
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError
-from flowcond.plugins import get_condition_kind
+from flowcond.registry import get_condition_kind
 
 G = torch.Generator
 

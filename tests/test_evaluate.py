@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from flowcond import Backbone, BackboneConfig, hookimpl
-from flowcond.attach import AttachConfig
-from flowcond.baselines import CGlow, CGlowConfig, PreStored
+from flowcond.caglow.attach import AttachConfig
+from flowcond.paper.baselines import CGlow, CGlowConfig, PreStored
 from flowcond.datasets import load_dataset
-from flowcond.evaluate import (
+from flowcond.paper.evaluate import (
     METHODS,
     CAGlowGenerator,
     CGlowGenerator,
@@ -23,7 +23,7 @@ from flowcond.evaluate import (
     edit_metrics,
     markdown,
 )
-from flowcond.heads import Heads
+from flowcond.caglow.heads import Heads
 from flowcond.testing import tiny_image_dataset
 
 TINY = BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8)
@@ -152,10 +152,10 @@ def test_generators_apply_the_same_conditions_as_their_models():
     assert torch.allclose(gen.latents(w, v, noise), expect)
     assert gen.images(w, v, noise).shape == (2, 1, 8, 8)
     # CAGlow: the heads' encoder at the targets' condition input
-    from flowcond import plugins
+    from flowcond import registry
 
     names = ["ids", "attributes", "codes"]
-    kinds = {n: plugins.get_condition_kind(n).from_dataset(None, ds) for n in names}
+    kinds = {n: registry.get_condition_kind(n).from_dataset(None, ds) for n in names}
     heads = Heads(bb, kinds, AttachConfig(plugins=names)).eval()
     gen = CAGlowGenerator(heads, 0.7)
     noise = gen.noise(2, g)
@@ -178,7 +178,7 @@ class _TinyData:
 
 
 def test_cli_evaluate_writes_tables_and_figures(tmp_path, flowcond_plugins, flowcond_cli):
-    from flowcond.evaluator import train_evaluator
+    from flowcond.paper.evaluator import train_evaluator
 
     flowcond_plugins.register(_TinyData(), "tinyattr")
     train, test = load_dataset("tinyattr", "train"), load_dataset("tinyattr", "test")

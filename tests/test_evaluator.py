@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flowcond import safefile
+from flowcond.io import safefile
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError, FileFormatError
-from flowcond.evaluator import (
+from flowcond.paper.evaluator import (
     Evaluator,
     EvaluatorConfig,
     EvaluatorNet,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowcond.metrics import (
+from flowcond.paper.metrics import (
     FID_NAME,
     accuracy,
     amp_variance,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowcond import morpho
+from flowcond.paper import morpho
 from flowcond.datasets import ImageDataset, LabelField
 
 

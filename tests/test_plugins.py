@@ -16,7 +16,7 @@ import torch
 from flowcond_plugins.codes import Codes
 
 import flowcond
-from flowcond import hookimpl, plugins
+from flowcond import hookimpl, registry
 from flowcond.conditions import ConditionKind
 from flowcond.datasets import load_dataset
 from flowcond.errors import PluginError
@@ -55,8 +55,8 @@ def test_builtins_are_ordinary_entry_point_plugins(flowcond_plugins):
     for name in ("ids", "attributes", "codes", "datasets"):
         assert eps[name].value == f"flowcond_plugins.{name}"
         plugin = flowcond_plugins.pm.get_plugin(name)
-        assert plugin is not None and plugins.is_builtin(plugin)
-        assert plugins.distribution_of(plugin) == "flowcond"
+        assert plugin is not None and registry.is_builtin(plugin)
+        assert registry.distribution_of(plugin) == "flowcond"
     kinds = flowcond_plugins.condition_kinds()
     assert BUILTIN_KINDS <= set(kinds)
     assert kinds["ids"].plugin == "ids" and kinds["ids"].obj.name == "ids"
@@ -68,7 +68,7 @@ def test_unknown_condition_kind_lists_installed(flowcond_plugins):
     with pytest.raises(
         PluginError, match=r"unknown condition plugin 'nope'; installed: .*attributes, codes"
     ):
-        plugins.get_condition_kind("nope")
+        registry.get_condition_kind("nope")
 
 
 def test_import_error_is_reported_and_others_keep_working(
@@ -271,7 +271,7 @@ def test_register_hooks_datasets_and_commands(flowcond_plugins, flowcond_cli, ti
     assert load_dataset("tiny", "train") is tiny_dataset
     from flowcond.cli import cli
 
-    plugins.call_hook("register_commands", only=["mine"], cli=cli)
+    registry.call_hook("register_commands", only=["mine"], cli=cli)
     result = flowcond_cli("hello")
     assert result.exit_code == 0 and result.stdout == "hello from a plugin\n"
     [listed] = [p for p in json.loads(flowcond_cli("plugins").stdout) if p["name"] == "mine"]
@@ -341,15 +341,15 @@ def test_plugins_dir_errors(flowcond_plugins, flowcond_cli, tmp_path, monkeypatc
     (tmp_path / "bad.py").write_text("import nope_nope\n")
     monkeypatch.setenv("FLOWCOND_STRICT_PLUGINS", "1")
     with pytest.raises(ModuleNotFoundError):
-        plugins.load_plugins_dir(tmp_path)
+        registry.load_plugins_dir(tmp_path)
 
 
 def test_same_file_name_in_two_folders(flowcond_plugins, tmp_path):
     for sub, kind in (("a", "alpha"), ("b", "beta")):
         (tmp_path / sub / "plugins").mkdir(parents=True)
         (tmp_path / sub / "plugins" / "p.py").write_text(KIND_SOURCE.format(cls="K", name=kind))
-    first = plugins.load_plugins_dir(tmp_path / "a" / "plugins")
-    second = plugins.load_plugins_dir(tmp_path / "b" / "plugins")
+    first = registry.load_plugins_dir(tmp_path / "a" / "plugins")
+    second = registry.load_plugins_dir(tmp_path / "b" / "plugins")
     assert first == ["plugins/p"] and second == [
         str((tmp_path / "b" / "plugins" / "p.py").resolve())
     ]
@@ -358,13 +358,13 @@ def test_same_file_name_in_two_folders(flowcond_plugins, tmp_path):
 
 # --------------------------------------------------------------------------- test kit
 def test_sandbox_restores_state():
-    before = plugins.pm.list_name_plugin()
+    before = registry.pm.list_name_plugin()
     sandbox = PluginSandbox(autoload=False)
     assert sandbox.names() == [] and sandbox.condition_kinds() == {}
     sandbox.register(Codes, name="temp")
     assert set(sandbox.condition_kinds()) == {"codes"}
     sandbox.close()
-    assert plugins.pm.list_name_plugin() == before
+    assert registry.pm.list_name_plugin() == before
 
 
 def test_no_plugins_fixture(flowcond_no_plugins, flowcond_register):
@@ -385,8 +385,8 @@ def test_example_parity_plugin_is_discovered_and_usable(flowcond_plugins):
     if "parity" not in {ep.name for ep in importlib.metadata.entry_points(group="flowcond")}:
         pytest.skip("example plugin not installed: pip install -e examples/plugins/flowcond-parity")
     plugin = flowcond_plugins.pm.get_plugin("parity")
-    assert plugins.distribution_of(plugin) == "flowcond-parity" and not plugins.is_builtin(plugin)
-    kind = plugins.get_condition_kind("parity").from_dataset({}, load_dataset("mnist5k", "test"))
+    assert registry.distribution_of(plugin) == "flowcond-parity" and not registry.is_builtin(plugin)
+    kind = registry.get_condition_kind("parity").from_dataset({}, load_dataset("mnist5k", "test"))
     assert kind.supervised and kind.state()["field"] == "digit"
     assert kind.targets({"digit": torch.tensor([3, 4])}).tolist() == [[1.0], [0.0]]
     assert kind.loss(torch.zeros(2, kind.head_dim), kind.parse("odd").expand(2, 1)).item() > 0
@@ -405,7 +405,7 @@ def _hook_names_from_source() -> list[str]:
 
 def test_every_hook_is_documented_and_tested():
     hooks = _hook_names_from_source()
-    assert hooks == plugins.hook_names() or sorted(hooks) == plugins.hook_names()
+    assert hooks == registry.hook_names() or sorted(hooks) == registry.hook_names()
     doc = (ROOT / "docs" / "writing-plugins.md").read_text()
     headings = [line for line in doc.splitlines() if line.startswith("#")]
     tests = [p for p in (ROOT / "tests").glob("test_*.py")] + list(

@@ -6,12 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flowcond import safefile
-from flowcond.backbone import Backbone
-from flowcond.config import BackboneConfig
+from flowcond.io import safefile
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FlowcondError
-from flowcond.train_backbone import (
+from flowcond.flow.train import (
     CHECKPOINT_KIND,
     TrainConfig,
     bpd_stats,
@@ -184,7 +184,7 @@ def test_learning_rate_warms_up_holds_then_decays_to_zero(tmp_path):
 
 
 def test_training_uses_the_requested_threads_and_restores_them(tmp_path, monkeypatch):
-    import flowcond.train_backbone as tb
+    import flowcond.flow.train as tb
 
     seen = []
     real_step = tb.train_step

@@ -1,7 +1,0 @@
-"""Baselines of the paper's comparisons: CGlow (end to end, conditional prior) and Glow with
-pre-stored features (openai/glow's latent mean differences)."""
-
-from .cglow import CGlow, CGlowConfig, CGlowTrainConfig, train_cglow
-from .prestored import PreStored
-
-__all__ = ["CGlow", "CGlowConfig", "CGlowTrainConfig", "PreStored", "train_cglow"]

@@ -1,0 +1,410 @@
+"""Baseline CGlow: the same Glow shape trained end to end with a conditional prior (paper Sec. 4).
+
+The flow ``F`` is a :class:`~flowcond.flow.backbone.Backbone` of the given :class:`BackboneConfig`
+(its own per-level ``GlowBase`` priors are not used). The prior is conditional on ``c = [one-hot
+class, multi-hot attributes]``: every latent dimension is Gaussian with mean and log-scale *linear*
+in ``c`` (``loc = W_loc c + b_loc``, ``log_scale = W_ls c + b_ls``, both zero-initialized). With
+classes only this is exactly normflows' ``ClassCondDiagGaussian`` (a mean and scale per class);
+with attributes it is the multi-label prior of the issue. As in openai/glow's ``--ycond``, a linear
+classifier on the spatially averaged coarsest latent level predicts the class (cross-entropy) and
+the attributes (binary cross-entropy); the loss is ``bits/dim + weight_y * classification / ln 2``.
+
+Sampling draws ``eps ~ N(0, T^2 I)`` and decodes ``z = loc(c) + exp(log_scale(c)) * eps``, so
+the same ``eps`` with another condition is CGlow's attribute edit.
+
+Files are safetensors with ``kind: "cglow"``: the weights of flow, prior and classifier, the
+backbone config, the label fields and a content hash; written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from flowcond.io import safefile
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig
+from flowcond.datasets import ImageDataset
+from flowcond.errors import ConfigError, FileFormatError, FlowcondError
+
+KIND = "cglow"
+
+
+class CGlowConfig(BaseModel):
+    """What a CGlow conditions on (stored in its file next to the backbone config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    class_field: str | None = None
+    n_classes: int = Field(0, ge=0)
+    class_names: list[str] = Field(default_factory=list)
+    attribute_field: str | None = None
+    n_attributes: int = Field(0, ge=0)
+    attribute_names: list[str] = Field(default_factory=list)
+    attribute_frequencies: list[float] = Field(default_factory=list)
+    weight_y: float = Field(0.01, ge=0, description="weight of the classification loss on z")
+
+    @property
+    def cond_dim(self) -> int:
+        return self.n_classes + self.n_attributes
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: ImageDataset,
+        class_field: str | None = None,
+        attribute_field: str | None = None,
+        weight_y: float = 0.01,
+    ) -> CGlowConfig:
+        """First categorical field as classes, first binary field as attributes (or the named ones)."""
+        schema = dataset.schema
+
+        def pick(name: str | None, kind: str) -> Any:
+            if name is not None:
+                if name not in schema or schema[name].kind != kind:
+                    raise ConfigError(
+                        f"CGlow: {name!r} is not a {kind} label field of dataset {dataset.spec.get('name')!r}"
+                    )
+                return schema[name]
+            return next((f for f in schema.values() if f.kind == kind), None)
+
+        cf, af = pick(class_field, "categorical"), pick(attribute_field, "binary")
+        if cf is None and af is None:
+            raise ConfigError(
+                f"CGlow needs a categorical or binary label field; dataset "
+                f"{dataset.spec.get('name')!r} has none"
+            )
+        freqs = dataset.labels[af.name].float().mean(0).tolist() if af is not None else []
+        return cls(
+            class_field=cf.name if cf else None,
+            n_classes=cf.size if cf else 0,
+            class_names=list(cf.names) if cf else [],
+            attribute_field=af.name if af else None,
+            n_attributes=af.size if af else 0,
+            attribute_names=list(af.names) if af else [],
+            attribute_frequencies=[round(float(p), 6) for p in freqs],
+            weight_y=weight_y,
+        )
+
+
+class CGlow(nn.Module):
+    """Glow with a conditional prior and a classifier on ``z`` (trained end to end)."""
+
+    def __init__(
+        self, config: BackboneConfig, cglow: CGlowConfig, metadata: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.cglow = cglow
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.backbone = Backbone(config)
+        D = config.dim
+        width = max(cglow.cond_dim, 1)
+        self.prior_loc = nn.Linear(width, D)
+        self.prior_log_scale = nn.Linear(width, D)
+        for lin in (self.prior_loc, self.prior_log_scale):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        top = self.backbone.latent_shapes[0][0]
+        self.classifier = nn.Linear(top, max(cglow.cond_dim, 1))
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    # ------------------------------------------------------------ conditions
+    @property
+    def latent_dim(self) -> int:
+        return self.backbone.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.backbone.image_shape
+
+    def condition(
+        self, ids: torch.Tensor | None = None, attributes: torch.Tensor | None = None, n: int | None = None
+    ) -> torch.Tensor:
+        """``[one-hot ids, attributes]`` ``(B, cond_dim)``; a missing part is all zeros."""
+        cfg = self.cglow
+        if n is None:
+            n = len(ids) if ids is not None else len(attributes)
+        parts = []
+        if cfg.n_classes:
+            parts.append(
+                F.one_hot(ids.long(), cfg.n_classes).float()
+                if ids is not None
+                else torch.zeros(n, cfg.n_classes)
+            )
+        if cfg.n_attributes:
+            parts.append(attributes.float() if attributes is not None else torch.zeros(n, cfg.n_attributes))
+        return torch.cat(parts, 1) if parts else torch.zeros(n, 1)
+
+    def labels_condition(self, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        cfg = self.cglow
+        ids = labels[cfg.class_field] if cfg.class_field else None
+        attrs = labels[cfg.attribute_field].float() if cfg.attribute_field else None
+        return self.condition(ids, attrs, n=len(next(iter(labels.values())))), {
+            "ids": ids,
+            "attributes": attrs,
+        }
+
+    def prior(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale ``(B, D)`` of the raw flat latent given conditions ``c``."""
+        return self.prior_loc(c), self.prior_log_scale(c)
+
+    # ------------------------------------------------------------ likelihood
+    def _levels(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.backbone.encode_levels(y)
+
+    def losses(
+        self, x: torch.Tensor, labels: dict[str, torch.Tensor], noise: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-batch ``bpd`` (conditional bits/dim, mean) and ``cls`` (classification loss, nats)."""
+        c, parts = self.labels_condition(labels)
+        levels, log_det = self._levels(self.backbone.preprocess(x, noise))
+        z = self.backbone.flatten_levels(levels)
+        loc, log_scale = self.prior(c)
+        log_p = (
+            -0.5 * ((z - loc) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * math.log(2 * math.pi)
+        ).sum(1) + log_det
+        D = self.latent_dim
+        bpd = (-log_p + D * math.log(self.backbone.bins)) / (D * math.log(2.0))
+        logits = self.classifier(levels[0].mean(dim=(2, 3)))
+        cls = torch.zeros((), device=x.device)
+        cfg = self.cglow
+        if cfg.n_classes:
+            cls = cls + F.cross_entropy(logits[:, : cfg.n_classes], parts["ids"].long())
+        if cfg.n_attributes:
+            cls = cls + F.binary_cross_entropy_with_logits(logits[:, cfg.n_classes :], parts["attributes"])
+        return {"bpd": bpd.mean(), "cls": cls, "bpd_per_sample": bpd.detach(), "logits": logits.detach()}
+
+    @torch.no_grad()
+    def bits_per_dim(
+        self, x: torch.Tensor, labels: dict[str, torch.Tensor], noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Conditional bits/dim per sample, ``-log2 p(x | c) / D`` at ``n_bits``."""
+        return self.losses(x, labels, noise)["bpd_per_sample"]
+
+    # ------------------------------------------------------------ generation
+    def noise(
+        self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator) * temperature
+
+    def latents(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Raw flat latents ``loc(c) + exp(log_scale(c)) * eps``."""
+        loc, log_scale = self.prior(c)
+        return loc + torch.exp(log_scale) * eps
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Raw flat latents -> images in [0, 1] (through the backbone's standardized decode)."""
+        bb = self.backbone
+        out = []
+        for i in range(0, len(z), batch_size):
+            levels = bb.standardize(bb.split_levels(z[i : i + batch_size]))
+            out.append(bb.decode(bb.flatten_levels(levels)))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.latents(c, eps))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        ids: torch.Tensor | None = None,
+        attributes: torch.Tensor | None = None,
+        n: int | None = None,
+        temperature: float = 0.7,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Images for the given conditions (attributes from their dataset frequencies if omitted)."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        n = n if n is not None else len(ids if ids is not None else attributes)
+        if ids is not None and ids.dim() == 0:
+            ids = ids.expand(n)
+        if attributes is None and self.cglow.n_attributes:
+            freq = torch.tensor(self.cglow.attribute_frequencies).expand(n, -1)
+            attributes = torch.bernoulli(freq, generator=g)
+        c = self.condition(ids, attributes, n)
+        return self.generate(c, self.noise(n, temperature, g))
+
+    # ------------------------------------------------------------ files
+    def freeze(self) -> CGlow:
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def save(self, path: str | os.PathLike, **metadata: Any) -> str:
+        weights = self.weights()
+        digest = safefile.content_hash(weights)
+        meta = {**self.metadata, **metadata}
+        header = {
+            **meta,
+            "kind": KIND,
+            "config": self.config.model_dump(),
+            "cglow": self.cglow.model_dump(),
+            "content_hash": digest,
+        }
+        safefile.write(path, weights, header)
+        self.metadata = meta
+        return digest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CGlow:
+        tensors, header = safefile.read(path, KIND)
+        try:
+            config = BackboneConfig(**header["config"])
+            cglow = CGlowConfig(**header["cglow"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FileFormatError(path, f"invalid cglow header: {safefile.one_line(e)}") from None
+        reserved = ("kind", "config", "cglow", "content_hash", "format_version")
+        model = cls(config, cglow, {k: v for k, v in header.items() if k not in reserved})
+        safefile.load_weights(model, tensors, path)
+        return model.freeze()
+
+
+# ---------------------------------------------------------------------- training
+class CGlowTrainConfig(BaseModel):
+    """Options of :func:`train_cglow` (same optimizer recipe as ``train-backbone``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup: int = Field(200, ge=0)
+    clip: float = Field(50.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    weight_y: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+def _batch(ds: ImageDataset, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x = ds.images[idx] if isinstance(ds.images, torch.Tensor) else torch.stack([ds[int(i)][0] for i in idx])
+    return x, {k: v[idx] for k, v in ds.labels.items()}
+
+
+@torch.no_grad()
+def evaluate_cglow_bpd(model: CGlow, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
+    """Mean conditional test bits/dim (uniform dequantization from a fixed generator)."""
+    was = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(ds), batch_size):
+        x, labels = _batch(ds, torch.arange(i, min(i + batch_size, len(ds))))
+        total += float(model.bits_per_dim(x, labels, torch.rand(x.shape, generator=g)).sum())
+    model.train(was)
+    return total / max(len(ds), 1)
+
+
+def train_cglow(
+    config: BackboneConfig,
+    train: ImageDataset,
+    test: ImageDataset | None = None,
+    options: CGlowTrainConfig | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    callback: Callable[[CGlow, dict[str, Any]], None] | None = None,
+    callback_every: int | None = None,
+    class_field: str | None = None,
+    attribute_field: str | None = None,
+) -> tuple[CGlow, dict[str, Any]]:
+    """Train a CGlow end to end on ``train``; returns the frozen model and a summary.
+
+    ``callback(model, info)`` is called every ``callback_every`` steps and at the end (the model in
+    eval mode, no gradients; its time is not counted in ``train_seconds``) — for accuracy-vs-time
+    curves.
+    """
+    opts = options or CGlowTrainConfig()
+    if tuple(train.image_shape) != config.image_shape:
+        raise ConfigError(
+            f"dataset images {tuple(train.image_shape)} do not fit the backbone config {config.image_shape}"
+        )
+    cg = CGlowConfig.from_dataset(train, class_field, attribute_field, weight_y=opts.weight_y)
+    torch.manual_seed(opts.seed)
+    model = CGlow(config, cg)
+    g = torch.Generator().manual_seed(opts.seed)
+    first = torch.randperm(len(train), generator=g)[: max(opts.batch_size, 256)]
+    model.backbone.initialize(_batch(train, first)[0])
+    unused = {id(p) for p in model.backbone.flow.q0.parameters()}
+    params = [p for p in model.parameters() if id(p) not in unused]
+    opt = torch.optim.Adamax(params, lr=opts.lr, weight_decay=1e-5)
+    steps_per_epoch = math.ceil(len(train) / opts.batch_size)
+    total = opts.epochs * steps_per_epoch
+    if opts.max_steps is not None:
+        total = min(total, opts.max_steps)
+    step, skipped, train_seconds = 0, 0, 0.0
+    history: list[dict[str, Any]] = []
+    bar = tqdm(total=total, desc="cglow", disable=not progress)
+    model.train()
+    t0 = time.perf_counter()
+    for epoch in range(opts.epochs):
+        order = torch.randperm(len(train), generator=g)
+        for i in range(0, len(order), opts.batch_size):
+            if step >= total:
+                break
+            x, labels = _batch(train, order[i : i + opts.batch_size])
+            noise = torch.rand(x.shape, generator=g)
+            for group in opt.param_groups:
+                group["lr"] = opts.lr * min(1.0, (step + 1) / max(opts.warmup, 1))
+            ls = model.losses(x, labels, noise)
+            loss = ls["bpd"] + opts.weight_y * ls["cls"] / math.log(2.0)
+            if not torch.isfinite(loss):
+                skipped += 1
+                if skipped > max(10, total // 2):
+                    raise FlowcondError(f"CGlow training diverged: {skipped} non-finite batches")
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, opts.clip)
+            if not torch.isfinite(norm):
+                skipped += 1
+                continue
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(bpd=f"{ls['bpd'].item():.3f}", cls=f"{ls['cls'].item():.3f}")
+            if callback is not None and callback_every and step % callback_every == 0 and step < total:
+                train_seconds += time.perf_counter() - t0
+                model.eval()
+                with torch.no_grad():
+                    callback(model, {"step": step, "train_seconds": train_seconds})
+                model.train()
+                t0 = time.perf_counter()
+        history.append({"epoch": epoch + 1, "step": step})
+        if step >= total:
+            break
+    train_seconds += time.perf_counter() - t0
+    bar.close()
+    model.freeze()
+    if callback is not None:
+        callback(model, {"step": step, "train_seconds": train_seconds})
+    test_bpd = evaluate_cglow_bpd(model, test, seed=opts.seed) if test is not None else None
+    summary = {
+        "dataset": train.spec,
+        "test_bits_per_dim": test_bpd,
+        "training": {
+            **opts.model_dump(),
+            "steps": step,
+            "skipped_batches": skipped,
+            "epochs_run": len(history),
+            "seconds": round(train_seconds, 2),
+        },
+    }
+    if out is not None:
+        model.save(out, **summary)
+    return model, summary
