@@ -30,13 +30,13 @@ import torch
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=r".*torch\.lu is deprecated.*")
 
-from flowcond.paper import metrics  # noqa: E402
 from flowcond.caglow.attach import AttachConfig, attach  # noqa: E402
-from flowcond.flow.backbone import Backbone  # noqa: E402
-from flowcond.paper.baselines import CGlowTrainConfig, PreStored, train_cglow  # noqa: E402
-from flowcond.datasets import load_dataset  # noqa: E402
-from flowcond.paper.evaluator import Evaluator  # noqa: E402
 from flowcond.caglow.latents import LatentCache  # noqa: E402
+from flowcond.datasets import load_dataset  # noqa: E402
+from flowcond.flow.backbone import Backbone  # noqa: E402
+from flowcond.paper import metrics  # noqa: E402
+from flowcond.paper.baselines import CGlowTrainConfig, PreStored, train_cglow  # noqa: E402
+from flowcond.paper.evaluator import Evaluator  # noqa: E402
 
 
 def best_times(curve: list[dict]) -> dict:

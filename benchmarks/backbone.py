@@ -53,14 +53,15 @@ def normflows_glow(shape, L: int, K: int, hidden: int):
     channels = shape[0]
     q0, merges, flows = [], [], []
     for i in range(L):
-        flows_ = [nf.flows.GlowBlock(channels * 2 ** (L + 1 - i), hidden, split_mode="channel",
-                                     scale=True) for _ in range(K)]
+        flows_ = [
+            nf.flows.GlowBlock(channels * 2 ** (L + 1 - i), hidden, split_mode="channel", scale=True)
+            for _ in range(K)
+        ]
         flows_ += [nf.flows.Squeeze()]
         flows += [flows_]
         if i > 0:
             merges += [nf.flows.Merge()]
-            latent_shape = (shape[0] * 2 ** (L - i), shape[1] // 2 ** (L - i),
-                            shape[2] // 2 ** (L - i))
+            latent_shape = (shape[0] * 2 ** (L - i), shape[1] // 2 ** (L - i), shape[2] // 2 ** (L - i))
         else:
             latent_shape = (shape[0] * 2 ** (L + 1), shape[1] // 2**L, shape[2] // 2**L)
         q0 += [nf.distributions.GlowBase(latent_shape)]
@@ -82,8 +83,15 @@ def _config(args):
     from flowcond.flow.config import BackboneConfig
 
     shape = tuple(int(s) for s in args.shape.lower().split("x"))
-    return BackboneConfig(channels=shape[0], height=shape[1], width=shape[2], levels=args.levels,
-                          steps=args.steps, hidden=args.hidden, scale_map=args.scale_map)
+    return BackboneConfig(
+        channels=shape[0],
+        height=shape[1],
+        width=shape[2],
+        levels=args.levels,
+        steps=args.steps,
+        hidden=args.hidden,
+        scale_map=args.scale_map,
+    )
 
 
 def worker(kind: str, args) -> dict:
@@ -124,8 +132,9 @@ def worker(kind: str, args) -> dict:
                 raise RuntimeError(f"torch.compile failed: {loss_fn.failed}")
             out["times"] = _timed(step, args.iters, args.warmup)
         else:
-            out["times"] = _timed(lambda: train_step(model, opt, x, noise, 1e-3, 50.0),
-                                  args.iters, args.warmup)
+            out["times"] = _timed(
+                lambda: train_step(model, opt, x, noise, 1e-3, 50.0), args.iters, args.warmup
+            )
         out["images"] = args.batch
     elif kind in ("normflows", "normflows-retain"):
         if kind == "normflows-retain":
@@ -159,8 +168,11 @@ def worker(kind: str, args) -> dict:
             best = None
             for n in (len(ye), args.batch, 32):  # normflows at its best chunk size, to be fair
                 with torch.no_grad():
-                    t = _timed(lambda n=n: [model.flow.inverse_and_log_det(c) for c in ye.split(n)],
-                               args.iters, args.warmup)
+                    t = _timed(
+                        lambda n=n: [model.flow.inverse_and_log_det(c) for c in ye.split(n)],
+                        args.iters,
+                        args.warmup,
+                    )
                 if best is None or statistics.median(t) < statistics.median(best):
                     best, out["chunk"] = t, n
             out["times"] = best
@@ -233,8 +245,9 @@ def run_worker(kind: str, argv: list[str], timeout: float) -> dict:
         out, log = os.path.join(tmp, "result.json"), os.path.join(tmp, "log.txt")
         cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", kind, "--result", out]
         with open(log, "w") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+            )
             try:
                 code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -265,15 +278,17 @@ def run_worker(kind: str, argv: list[str], timeout: float) -> dict:
 def main() -> None:
     from flowcond.flow.config import BackboneConfig
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="1x32x32", help="CxHxW [1x32x32]")
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--scale-map", choices=["softclamp", "sigmoid"],
-                   default=BackboneConfig().scale_map,
-                   help="flowcond's affine coupling scale [flowcond's default]")
+    p.add_argument(
+        "--scale-map",
+        choices=["softclamp", "sigmoid"],
+        default=BackboneConfig().scale_map,
+        help="flowcond's affine coupling scale [flowcond's default]",
+    )
     p.add_argument("--batch", type=int, default=64, help="training batch [64]")
     p.add_argument("--encode-batch", type=int, default=256, help="frozen encode batch [256]")
     p.add_argument("--iters", type=int, default=5, help="timed iterations per process [5]")
@@ -298,17 +313,25 @@ def main() -> None:
     import torch
 
     cfg = _config(args)
-    print(f"torch {torch.__version__}, normflows {getattr(nf, '__version__', '?')}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{args.threads or torch.get_num_threads()} torch threads, "
-          f"oneDNN {torch.backends.mkldnn.is_available()}")
-    print(f"Glow {args.shape}, {cfg.levels} levels x {cfg.steps} steps, hidden {cfg.hidden}, "
-          f"flowcond scale map {cfg.scale_map}; training batch {args.batch}, encode batch "
-          f"{args.encode_batch}; {args.rounds} fresh processes x {args.iters} timed iterations "
-          f"(after {args.warmup}) per row")
+    print(
+        f"torch {torch.__version__}, normflows {getattr(nf, '__version__', '?')}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads or torch.get_num_threads()} torch threads, "
+        f"oneDNN {torch.backends.mkldnn.is_available()}"
+    )
+    print(
+        f"Glow {args.shape}, {cfg.levels} levels x {cfg.steps} steps, hidden {cfg.hidden}, "
+        f"flowcond scale map {cfg.scale_map}; training batch {args.batch}, encode batch "
+        f"{args.encode_batch}; {args.rounds} fresh processes x {args.iters} timed iterations "
+        f"(after {args.warmup}) per row"
+    )
 
-    kinds = (["matmul"] + ([] if args.skip_train else TRAIN_KINDS) + ENCODE_KINDS
-             + (["flowcond-compile", "encode-flowcond-compile"] if args.compile else []))
+    kinds = (
+        ["matmul"]
+        + ([] if args.skip_train else TRAIN_KINDS)
+        + ENCODE_KINDS
+        + (["flowcond-compile", "encode-flowcond-compile"] if args.compile else [])
+    )
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     t_start = time.perf_counter()
     for r in range(args.rounds):
@@ -336,10 +359,12 @@ def main() -> None:
     if not args.skip_train:
         nfr, fcr = rate("normflows"), rate("flowcond")
         print("\n(a) training, images/s")
-        rows = [("normflows Glow example (forward_kld, Adamax)", "normflows"),
-                ("flowcond train_step (fast path, as train_backbone)", "flowcond"),
-                ("  flowcond with fast=False (normflows modules)", "flowcond-nofast"),
-                ("  normflows example + flowcond's malloc setting", "normflows-retain")]
+        rows = [
+            ("normflows Glow example (forward_kld, Adamax)", "normflows"),
+            ("flowcond train_step (fast path, as train_backbone)", "flowcond"),
+            ("  flowcond with fast=False (normflows modules)", "flowcond-nofast"),
+            ("  normflows example + flowcond's malloc setting", "normflows-retain"),
+        ]
         for label, kind in rows:
             v = rate(kind)
             print(f"  {label:<52} {v if v is None else round(v, 1)!s:>8}{spread(kind)}")
@@ -352,49 +377,59 @@ def main() -> None:
     print("\n(b) frozen encode, images/s")
     chunk = next((x["chunk"] for x in results["encode-normflows"] if "chunk" in x), "?")
     label = f"normflows inverse_and_log_det, no_grad, chunks of {chunk}"
-    print(f"  {label:<52} "
-          f"{enf if enf is None else round(enf, 1)!s:>8}{spread('encode-normflows')}")
-    print(f"  {'flowcond Backbone.encode, frozen, inference_mode':<52} "
-          f"{efc if efc is None else round(efc, 1)!s:>8}{spread('encode-flowcond')}")
+    print(f"  {label:<52} {enf if enf is None else round(enf, 1)!s:>8}{spread('encode-normflows')}")
+    print(
+        f"  {'flowcond Backbone.encode, frozen, inference_mode':<52} "
+        f"{efc if efc is None else round(efc, 1)!s:>8}{spread('encode-flowcond')}"
+    )
     diffs = [x.get("max_abs_diff") for x in results["encode-flowcond"] if "max_abs_diff" in x]
     if enf and efc:
-        print(f"  ratio flowcond / normflows {efc / enf:.2f}x; max |z_fast - z_normflows| = "
-              f"{max(diffs):.1e}")
+        print(f"  ratio flowcond / normflows {efc / enf:.2f}x; max |z_fast - z_normflows| = {max(diffs):.1e}")
 
     mm = max((x.get("mm_flops", 0.0) for x in results["matmul"]), default=0.0)
     dnn = max((x.get("onednn_flops", 0.0) for x in results["matmul"]), default=0.0)
-    flops = next((x["flops_per_image"] for x in results["encode-normflows"]
-                  if "flops_per_image" in x), None)
+    flops = next((x["flops_per_image"] for x in results["encode-normflows"] if "flops_per_image" in x), None)
     print("\n(c) encode FLOP/s")
     if flops and mm and efc:
         analytic = _analytic_flops(cfg)
         achieved = flops * efc
-        print(f"  FLOPs per image: {flops / 1e9:.4f} GFLOP counted (FlopCounterMode), "
-              f"{analytic / 1e9:.4f} GFLOP analytic (convolutions)")
-        print(f"  fp32 torch.mm ({args.matmul_n}^2 and {args.matmul_n // 2}^2, best): "
-              f"{mm / 1e9:.1f} GFLOP/s;  fp32 GEMM as oneDNN 1x1 conv (16384x{cfg.hidden}"
-              f"x{cfg.hidden}), context: {dnn / 1e9:.1f} GFLOP/s")
-        print(f"  flowcond frozen encode: {achieved / 1e9:.1f} GFLOP/s = {achieved / mm:.0%} of "
-              f"torch.mm (target >= 60%), {achieved / dnn:.0%} of the oneDNN GEMM")
+        print(
+            f"  FLOPs per image: {flops / 1e9:.4f} GFLOP counted (FlopCounterMode), "
+            f"{analytic / 1e9:.4f} GFLOP analytic (convolutions)"
+        )
+        print(
+            f"  fp32 torch.mm ({args.matmul_n}^2 and {args.matmul_n // 2}^2, best): "
+            f"{mm / 1e9:.1f} GFLOP/s;  fp32 GEMM as oneDNN 1x1 conv (16384x{cfg.hidden}"
+            f"x{cfg.hidden}), context: {dnn / 1e9:.1f} GFLOP/s"
+        )
+        print(
+            f"  flowcond frozen encode: {achieved / 1e9:.1f} GFLOP/s = {achieved / mm:.0%} of "
+            f"torch.mm (target >= 60%), {achieved / dnn:.0%} of the oneDNN GEMM"
+        )
         if enf:
-            print(f"  normflows encode:       {flops * enf / 1e9:.1f} GFLOP/s = "
-                  f"{flops * enf / mm:.0%} of torch.mm")
+            print(
+                f"  normflows encode:       {flops * enf / 1e9:.1f} GFLOP/s = "
+                f"{flops * enf / mm:.0%} of torch.mm"
+            )
 
     if args.compile:
         print("\n(d) torch.compile (optional; not used by flowcond by default)")
-        for kind, eager in (("flowcond-compile", "flowcond"), ("encode-flowcond-compile",
-                                                                "encode-flowcond")):
+        for kind, eager in (("flowcond-compile", "flowcond"), ("encode-flowcond-compile", "encode-flowcond")):
             res = results[kind][0] if results[kind] else {"error": "not run"}
             if "error" in res:
                 print(f"  {kind}: failed or unavailable here: {res['error'][:200]}")
                 continue
             v = rate(kind)
-            print(f"  {kind}: compile + first call {res['compile_s']:.0f} s, then {v:.1f} "
-                  f"images/s (eager {rate(eager):.1f})")
+            print(
+                f"  {kind}: compile + first call {res['compile_s']:.0f} s, then {v:.1f} "
+                f"images/s (eager {rate(eager):.1f})"
+            )
     others = max((x.get("others_cores", 0.0) for rs in results.values() for x in rs), default=0.0)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s; other processes used up to "
-          f"{others:.2f} cores during a measurement"
-          + ("  <- figures distorted by other load" if others > 0.15 else ""))
+    print(
+        f"\ntotal {time.perf_counter() - t_start:.0f} s; other processes used up to "
+        f"{others:.2f} cores during a measurement"
+        + ("  <- figures distorted by other load" if others > 0.15 else "")
+    )
 
 
 def _analytic_flops(cfg) -> int:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from flowcond.caglow.attach import AttachConfig, attach
-from flowcond.datasets import load_dataset
 from flowcond.caglow.generate import explore, interpolate, sample_rows
+from flowcond.datasets import load_dataset
 from flowcond.io.images import save_grid
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +41,7 @@ def mean_nearest_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default=str(HERE / "backbones" / "glow_mnist5k.safetensors"))
-    ap.add_argument(
-        "--evaluator", default=str(HERE / "evaluators" / "mnist5k_evaluator.safetensors")
-    )
+    ap.add_argument("--evaluator", default=str(HERE / "evaluators" / "mnist5k_evaluator.safetensors"))
     ap.add_argument("--out", default="out")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--temperature", type=float, default=0.6)
@@ -74,9 +72,7 @@ def main() -> None:
         row_labels=[f"ids={k}" for k in range(10)],
     )
     save_grid(
-        interpolate(
-            heads, {"ids": torch.tensor(1)}, {"ids": torch.tensor(7)}, 8, 4, args.temperature
-        ),
+        interpolate(heads, {"ids": torch.tensor(1)}, {"ids": torch.tensor(7)}, 8, 4, args.temperature),
         out / "interpolate_1_7.png",
         nrow=8,
     )

@@ -66,9 +66,7 @@ class ConditionKind(ABC):
 
     @classmethod
     @abstractmethod
-    def from_dataset(
-        cls, options: BaseModel | dict[str, Any] | None, dataset: Any
-    ) -> ConditionKind:
+    def from_dataset(cls, options: BaseModel | dict[str, Any] | None, dataset: Any) -> ConditionKind:
         """Resolve options against a dataset (``flowcond.datasets.ImageDataset``) and its labels."""
 
     def state(self) -> dict[str, Any]:
@@ -84,9 +82,7 @@ class ConditionKind(ABC):
     def from_dict(cls, data: dict[str, Any]) -> ConditionKind:
         """Rebuild a kind from :meth:`to_dict` output (without the dataset)."""
         if data.get("kind", cls.name) != cls.name:
-            raise ConfigError(
-                f"condition plugin {cls.name!r} cannot load a {data['kind']!r} condition"
-            )
+            raise ConfigError(f"condition plugin {cls.name!r} cannot load a {data['kind']!r} condition")
         return cls(data.get("options"), data.get("state"))
 
     # ---------------------------------------------------------------- targets

@@ -71,6 +71,18 @@ class ImageDataset(Dataset):
         img = self.images[i] if isinstance(self.images, torch.Tensor) else self.images(i)
         return img, {k: v[i] for k, v in self.labels.items()}
 
+    def images_at(self, index: Any) -> torch.Tensor:
+        """Images ``(len(index), C, H, W)`` at ``index`` (a slice, range, list or index tensor)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index]
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self)))
+        return torch.stack([self.images(int(i)) for i in index])
+
+    def all_images(self) -> torch.Tensor:
+        """Every image of the dataset in memory, ``(N, C, H, W)`` float."""
+        return self.images_at(slice(None)).float()
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.spec,

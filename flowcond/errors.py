@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FlowcondError(Exception):
     """Base class of every error flowcond raises on purpose."""
@@ -18,6 +20,11 @@ class FileFormatError(FlowcondError):
 
 class ConfigError(FlowcondError):
     """A configuration value (CLI option, config file field) is invalid."""
+
+
+def validation_message(error: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field: problem; field: problem``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())
 
 
 class PluginError(FlowcondError):

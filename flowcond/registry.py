@@ -90,16 +90,12 @@ def _register(plugin: object, name: str) -> None:
     if unknown:
         pm.unregister(plugin)
         known = ", ".join(sorted(hook_names()))
-        raise PluginError(
-            f"implements unknown hook(s) {', '.join(unknown)}; flowcond's hooks are {known}"
-        )
+        raise PluginError(f"implements unknown hook(s) {', '.join(unknown)}; flowcond's hooks are {known}")
 
 
 def hook_names() -> list[str]:
     """Names of every hook a plugin can implement (from :mod:`flowcond.hookspecs`)."""
-    return sorted(
-        n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, f"{GROUP}_spec")
-    )
+    return sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, f"{GROUP}_spec"))
 
 
 def load_entry_point_plugins() -> None:
@@ -109,9 +105,7 @@ def load_entry_point_plugins() -> None:
         return
     _loaded = True
     wanted = os.environ.get("FLOWCOND_LOAD_PLUGINS")
-    allow = (
-        None if wanted is None else {_normalize(n.strip()) for n in wanted.split(",") if n.strip()}
-    )
+    allow = None if wanted is None else {_normalize(n.strip()) for n in wanted.split(",") if n.strip()}
     for ep in importlib.metadata.entry_points(group=GROUP):
         dist = ep.dist.metadata["Name"] if ep.dist is not None else None
         if (
@@ -226,9 +220,7 @@ class Registered:
     description: str = ""
 
 
-def registrations(
-    hook_name: str, make_register: Callable[[list, str], Callable]
-) -> list[Registered]:
+def registrations(hook_name: str, make_register: Callable[[list, str], Callable]) -> list[Registered]:
     """Call ``hook_name(register=...)`` on each plugin; everything registered, duplicates included.
 
     A plugin whose hook raises contributes nothing and is recorded in :data:`load_errors`.
@@ -272,9 +264,7 @@ def _condition_register(items: list, plugin: str) -> Callable:
 
     def register(kind: type) -> None:
         if not (isinstance(kind, type) and issubclass(kind, ConditionKind)):
-            raise PluginError(
-                f"plugin {plugin!r} registered {kind!r}, not a ConditionKind subclass"
-            )
+            raise PluginError(f"plugin {plugin!r} registered {kind!r}, not a ConditionKind subclass")
         name = getattr(kind, "name", None)
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name):
             raise PluginError(
@@ -283,9 +273,7 @@ def _condition_register(items: list, plugin: str) -> Callable:
             )
         if inspect.isabstract(kind):
             missing = ", ".join(sorted(kind.__abstractmethods__))
-            raise PluginError(
-                f"plugin {plugin!r}: condition kind {name!r} does not implement {missing}"
-            )
+            raise PluginError(f"plugin {plugin!r}: condition kind {name!r} does not implement {missing}")
         items.append(Registered(name, kind, plugin, (kind.__doc__ or "").strip().split("\n")[0]))
 
     return register
@@ -294,9 +282,7 @@ def _condition_register(items: list, plugin: str) -> Callable:
 def _dataset_register(items: list, plugin: str) -> Callable:
     def register(name: str, loader: Callable, description: str = "") -> None:
         if not isinstance(name, str) or not name or not callable(loader):
-            raise PluginError(
-                f"plugin {plugin!r}: register(name, loader) needs a name and a callable"
-            )
+            raise PluginError(f"plugin {plugin!r}: register(name, loader) needs a name and a callable")
         items.append(Registered(name, loader, plugin, description))
 
     return register
@@ -316,9 +302,7 @@ def condition_kinds() -> dict[str, Registered]:
 
 def datasets() -> dict[str, Registered]:
     """Every registered dataset loader, by name (``Registered.obj`` is the loader callable)."""
-    return _unique(
-        "register_datasets", registrations("register_datasets", _dataset_register), "dataset"
-    )
+    return _unique("register_datasets", registrations("register_datasets", _dataset_register), "dataset")
 
 
 def get_condition_kind(name: str) -> type:
@@ -326,9 +310,7 @@ def get_condition_kind(name: str) -> type:
     kinds = condition_kinds()
     if name not in kinds:
         known = ", ".join(sorted(kinds)) or "none"
-        raise PluginError(
-            f"unknown condition plugin {name!r}; installed: {known} (see `flowcond plugins`)"
-        )
+        raise PluginError(f"unknown condition plugin {name!r}; installed: {known} (see `flowcond plugins`)")
     return kinds[name].obj
 
 

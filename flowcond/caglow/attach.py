@@ -18,78 +18,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from flowcond import registry
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
-from flowcond.datasets import load_dataset
-from flowcond.errors import ConfigError, FlowcondError
+from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
 from flowcond.caglow.latents import LatentCache
+from flowcond.datasets import load_dataset
+from flowcond.errors import ConfigError, FlowcondError
+from flowcond.flow.backbone import Backbone
+from flowcond.io import safefile
 from flowcond.training import torch_threads
 
 CHECKPOINT_KIND = "heads-checkpoint"
-
-
-class Lambdas(BaseModel):
-    """Loss weights of Eq. 15 (``L_F`` belongs to backbone training and is not used here)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    E: float = Field(1.0, ge=0, description="encoder adversarial loss, Eq. 10")
-    Di: float = Field(1.0, ge=0, description="discriminator loss, Eq. 11")
-    C: float = Field(1.0, ge=0, description="classification of supervised conditions, Eq. 12")
-    De: float = Field(1.0, ge=0, description="decoding of unsupervised codes, Eq. 13")
-    FM: float = Field(1.0, ge=0, description="pairwise feature matching, Eq. 14")
-    MM: float = Field(
-        0.0, ge=0, description="not in the paper: match per-dimension mean and std of generated latents"
-    )
-
-
-class AttachConfig(BaseModel):
-    """Everything ``attach`` needs besides the backbone; stored in the heads file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    plugins: list[str] = Field(min_length=1)
-    plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    dataset: str | None = Field(None, description="default: the dataset the backbone was trained on")
-    root: str | None = None
-    download: bool = False
-    encoder: Literal["auto", "mlp", "conv"] = "auto"
-    supervision: Literal["auto", "mlp", "conv"] = "auto"
-    hidden: int = Field(64, ge=1, description="encoder hidden units (paper MNIST: 64)")
-    trunk_hidden: int = Field(64, ge=1, description="supervision trunk units (paper MNIST: 64)")
-    noise_dim: int = Field(64, ge=1)
-    residual_noise: bool = True
-    feature_matching: Literal["pairwise", "mean"] = Field(
-        "pairwise",
-        description="Eq. 14 as in the paper (L2 between paired real/generated features) or the L2 "
-        "between their batch means (does not pull generated latents towards the mean)",
-    )
-    conditional_discriminator: bool = Field(
-        False, description="projection discriminator D(z, c) on supervised conditions (paper: D(z))"
-    )
-    steps: int = Field(3000, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-4, gt=0)
-    beta1: float = 0.5
-    lambdas: Lambdas = Field(default_factory=Lambdas)
-    seed: int = 0
-    checkpoint_every: int = Field(500, ge=1)
-    threads: int | None = Field(
-        1,
-        ge=1,
-        description="torch CPU threads for the training loop (its small MLPs run best on one; "
-        "more threads on a busy machine can be 10x slower); None keeps torch's setting",
-    )
-    cache_dir: str | None = None
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from flowcond.errors import ConfigError
 from flowcond.caglow.heads import Heads
+from flowcond.errors import ConfigError
 
 
 def _row_noise(
@@ -88,9 +88,7 @@ def explore(
     """Sweep unsupervised code ``code`` over its range, everything else fixed per row (Fig. 6, 7)."""
     names = [n for n, k in heads.kinds.items() if not k.supervised] if plugin is None else [plugin]
     if not names or names[0] not in heads.kinds:
-        raise ConfigError(
-            "explore needs an attached unsupervised code plugin (e.g. --plugin codes)"
-        )
+        raise ConfigError("explore needs an attached unsupervised code plugin (e.g. --plugin codes)")
     name = names[0]
     kind = heads.kinds[name]
     width = kind.target_shape[0] if kind.target_shape else 1
@@ -128,7 +126,6 @@ def sample_rows(
     targets = {k: v.repeat_interleave(per_row, 0)[:n] for k, v in row_targets.items()}
     images = heads.decode(heads.generate(targets, temperature, g))
     labels = [
-        " ".join(f"{k}={heads.kinds[k].format(v[r])}" for k, v in row_targets.items())
-        for r in range(rows)
+        " ".join(f"{k}={heads.kinds[k].format(v[r])}" for k, v in row_targets.items()) for r in range(rows)
     ]
     return images, targets, labels

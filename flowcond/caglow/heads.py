@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
-from flowcond.conditions import ConditionKind
+from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.encoder import Encoder
-from flowcond.errors import ConfigError, FileFormatError, PluginError
 from flowcond.caglow.supervision import SupervisionBlock
+from flowcond.conditions import ConditionKind
+from flowcond.errors import ConfigError, FileFormatError, PluginError
+from flowcond.flow.backbone import Backbone
+from flowcond.io import safefile
 
 KIND = "heads"
 
@@ -220,7 +221,6 @@ class Heads(nn.Module):
     def load(cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None) -> Heads:
         """Validate and load a heads file onto ``backbone`` (default: the backbone path it records)."""
         from flowcond import registry
-        from flowcond.caglow.attach import AttachConfig
 
         header = safefile.read_header(path, KIND)
         bb_info = header.get("backbone") or {}

@@ -17,20 +17,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flowcond.datasets import ImageDataset
+from flowcond.flow.backbone import Backbone
 from flowcond.io import safefile
 from flowcond.io.atomic import write_text
-from flowcond.flow.backbone import Backbone
-from flowcond.datasets import ImageDataset
+from flowcond.io.cache import cache_root
 
 SHARD_KIND = "latent-shard"
 
 
 def default_cache_dir() -> Path:
     """``$FLOWCOND_CACHE`` or ``~/.cache/flowcond``, plus ``latents``."""
-    base = os.environ.get("FLOWCOND_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "flowcond"
-    )
-    return Path(base) / "latents"
+    return cache_root() / "latents"
 
 
 class LatentCache:
@@ -138,9 +136,7 @@ class LatentCache:
                 labels.setdefault(k, []).append(v)
         return torch.cat(zs), {k: torch.cat(v) for k, v in labels.items()}
 
-    def stream(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, dict]]:
+    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, dict]]:
         """Endless shuffled batches, one shard in memory at a time (for data larger than memory)."""
         while True:
             for i in torch.randperm(len(self.shards), generator=generator).tolist():

@@ -83,8 +83,7 @@ def train_evaluator_cmd(
         seed=seed,
     )
     click.echo(
-        f"wrote {out} (label {evaluator.label!r}, {summary['steps']} steps, "
-        f"{summary['seconds']:.1f} s)"
+        f"wrote {out} (label {evaluator.label!r}, {summary['steps']} steps, {summary['seconds']:.1f} s)"
     )
     click.echo(f"test accuracy: {summary['test_accuracy']:.4f}")
 

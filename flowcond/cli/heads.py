@@ -12,10 +12,11 @@ import torch
 from pydantic import ValidationError
 
 from flowcond.caglow import generate
-from flowcond.io.atomic import atomic_write
-from flowcond.caglow.attach import AttachConfig, Lambdas, attach
-from flowcond.errors import ConfigError
+from flowcond.caglow.attach import attach
+from flowcond.caglow.config import AttachConfig, Lambdas
 from flowcond.caglow.heads import Heads
+from flowcond.errors import ConfigError
+from flowcond.io.atomic import atomic_write
 from flowcond.io.images import save_grid
 
 
@@ -43,9 +44,7 @@ def _plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
 
 
 @click.command("attach")
-@click.option(
-    "--backbone", type=click.Path(), required=True, help="Frozen backbone (.safetensors)."
-)
+@click.option("--backbone", type=click.Path(), required=True, help="Frozen backbone (.safetensors).")
 @click.option(
     "--plugin",
     "plugin_names",
@@ -53,26 +52,18 @@ def _plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
     required=True,
     help="Condition plugin to attach (repeatable), e.g. ids, attributes, codes.",
 )
-@click.option(
-    "--option", "options", multiple=True, help="Plugin option PLUGIN.FIELD=VALUE (repeatable)."
-)
+@click.option("--option", "options", multiple=True, help="Plugin option PLUGIN.FIELD=VALUE (repeatable).")
 @click.option("--dataset", default=None, help="Dataset [default: the backbone's training dataset].")
 @click.option("--root", default=None, help="Data folder for on-disk datasets.")
 @click.option("--steps", default=3000, show_default=True, help="Training steps (D and E updates).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=2e-4, show_default=True)
-@click.option(
-    "--encoder", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True
-)
-@click.option(
-    "--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM."
-)
+@click.option("--encoder", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True)
+@click.option("--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch CPU threads for the training loop.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
-@click.option(
-    "--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents]."
-)
+@click.option("--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents].")
 @click.option("--out", type=click.Path(), required=True, help="Heads file to write (.safetensors).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def attach_cmd(
@@ -111,9 +102,7 @@ def attach_cmd(
             cache_dir=cache_dir,
         )
     except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
-        )
+        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid attach configuration: {msgs}") from None
     _, summary = attach(backbone, config, out, resume=resume, progress=not quiet)
     click.echo(
@@ -160,13 +149,9 @@ def _common(f):
 
 @click.command("sample")
 @click.argument("heads_path", type=click.Path())
-@click.option(
-    "--condition", "conditions", multiple=True, help="NAME=VALUE, e.g. ids=7 (repeatable)."
-)
+@click.option("--condition", "conditions", multiple=True, help="NAME=VALUE, e.g. ids=7 (repeatable).")
 @click.option("--n", default=64, show_default=True, help="Number of images.")
-@click.option(
-    "--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions)."
-)
+@click.option("--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions).")
 @_common
 def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
@@ -219,20 +204,14 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
 
 @click.command("explore")
 @click.argument("heads_path", type=click.Path())
-@click.option(
-    "--code", default=0, show_default=True, help="Index of the unsupervised code to sweep."
-)
+@click.option("--code", default=0, show_default=True, help="Index of the unsupervised code to sweep.")
 @click.option("--plugin", default=None, help="Code plugin [default: the first unsupervised one].")
-@click.option(
-    "--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable)."
-)
+@click.option("--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable).")
 @click.option("--steps", default=9, show_default=True)
 @click.option("--rows", default=4, show_default=True)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def explore_cmd(
-    heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone
-):
+def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone):
     """Sweep one unsupervised code over its range, everything else fixed per row (Fig. 6, 7)."""
     path = _png(out)
     heads = _load(heads_path, backbone)
@@ -253,9 +232,7 @@ def explore_cmd(
 @click.command("manipulate")
 @click.argument("heads_path", type=click.Path())
 @click.option("--condition", "conditions", multiple=True, help="Starting condition NAME=VALUE.")
-@click.option(
-    "--add", "edits", multiple=True, required=True, help="Cumulative edit NAME=VALUE (repeatable)."
-)
+@click.option("--add", "edits", multiple=True, required=True, help="Cumulative edit NAME=VALUE (repeatable).")
 @click.option("--rows", default=4, show_default=True)
 @click.option("--out", required=True, help="Output .png.")
 @_common

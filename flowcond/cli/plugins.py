@@ -10,9 +10,7 @@ from flowcond import registry
 
 
 @click.command("plugins")
-@click.option(
-    "--all", "show_all", is_flag=True, help="Include the built-in plugins (from flowcond itself)."
-)
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins (from flowcond itself).")
 def plugins_command(show_all: bool) -> None:
     """List installed plugins as JSON: version, hooks, condition kinds and datasets they register.
 

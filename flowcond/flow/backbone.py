@@ -22,11 +22,11 @@ import normflows as nf
 import torch
 from torch import nn
 
-from flowcond.io import safefile
+from flowcond.errors import FileFormatError
 from flowcond.flow.config import BackboneConfig
 from flowcond.flow.coupling import SoftClampedParams
-from flowcond.errors import FileFormatError
 from flowcond.flow.fast import FastGlow, supported
+from flowcond.io import safefile
 
 KIND = "backbone"
 
@@ -222,6 +222,11 @@ class Backbone(nn.Module):
         if y is None:
             y, _ = self.flow.forward_and_log_det(levels)
         return self.postprocess(y)
+
+    @torch.no_grad()
+    def decode_in_batches(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """:meth:`decode` of many latents, ``batch_size`` at a time, without gradients."""
+        return torch.cat([self.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
     def sample(
         self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None

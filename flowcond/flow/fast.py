@@ -101,9 +101,13 @@ def _parse_block(block: nn.Module) -> _Block | None:
     if invconv is not None and type(invconv) is not nf.flows.Invertible1x1Conv:
         return None
     split, coupling, merge = list(flows[0].flows)
-    if (type(split) is not nf.flows.Split or type(merge) is not nf.flows.Merge
-            or split.mode != "channel" or merge.mode != "channel"
-            or type(coupling) is not nf.flows.AffineCoupling):
+    if (
+        type(split) is not nf.flows.Split
+        or type(merge) is not nf.flows.Merge
+        or split.mode != "channel"
+        or merge.mode != "channel"
+        or type(coupling) is not nf.flows.AffineCoupling
+    ):
         return None
     net, clamp = coupling.param_map, 0.0
     if not coupling.scale:
@@ -124,9 +128,15 @@ def _parse_block(block: nn.Module) -> _Block | None:
         return None
     conv_a, conv_b, conv_c = layers[0], layers[2], layers[4]
     for conv, k in ((conv_a, 3), (conv_b, 1), (conv_c, 3)):
-        if (conv.kernel_size != (k, k) or conv.padding != (k // 2, k // 2) or conv.stride != (1, 1)
-                or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None
-                or conv.padding_mode != "zeros"):
+        if (
+            conv.kernel_size != (k, k)
+            or conv.padding != (k // 2, k // 2)
+            or conv.stride != (1, 1)
+            or conv.dilation != (1, 1)
+            or conv.groups != 1
+            or conv.bias is None
+            or conv.padding_mode != "zeros"
+        ):
             return None
     channels = conv_a.in_channels + conv_c.out_channels // (2 if coupling.scale else 1)
     if channels % 2 or conv_a.in_channels != channels // 2:
@@ -221,9 +231,7 @@ class _ConvReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, pad):  # noqa: D102
-        out = torch.ops.mkldnn._convolution_pointwise(
-            x, w, b, [pad, pad], [1, 1], [1, 1], 1, "relu", [], ""
-        )
+        out = torch.ops.mkldnn._convolution_pointwise(x, w, b, [pad, pad], [1, 1], [1, 1], 1, "relu", [], "")
         ctx.save_for_backward(x, w, out)
         ctx.pad = pad
         return out
@@ -233,14 +241,29 @@ class _ConvReLU(torch.autograd.Function):
         x, w, out = ctx.saved_tensors
         grad = torch.ops.aten.threshold_backward(grad, out, 0)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, w, [w.shape[0]], [1, 1], [ctx.pad, ctx.pad], [1, 1], False, [0, 0], 1,
+            grad,
+            x,
+            w,
+            [w.shape[0]],
+            [1, 1],
+            [ctx.pad, ctx.pad],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
         return gx, gw, gb, None
 
 
-def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int,
-          relu: bool = False, fused: bool = False) -> torch.Tensor:
+def _conv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    pad: int,
+    relu: bool = False,
+    fused: bool = False,
+) -> torch.Tensor:
     """``x`` (B, H, W, Cin) -> (B, H, W, Cout): a convolution run channels-last."""
     xc = x.permute(0, 3, 1, 2)
     if relu and fused and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -280,8 +303,23 @@ def _conv3x3_taps(h: torch.Tensor, w9: torch.Tensor, b: torch.Tensor) -> torch.T
 class _Step:
     """Weights of one GlowBlock in the form the fast path uses (live or frozen copies)."""
 
-    __slots__ = ("lin_w", "lin_t", "lin_logdet", "wa", "ba", "wb", "bb", "wc", "bc", "half",
-                 "mode", "clamp", "fwd_w", "fwd_b", "wc9")
+    __slots__ = (
+        "lin_w",
+        "lin_t",
+        "lin_logdet",
+        "wa",
+        "ba",
+        "wb",
+        "bb",
+        "wc",
+        "bc",
+        "half",
+        "mode",
+        "clamp",
+        "fwd_w",
+        "fwd_b",
+        "wc9",
+    )
 
 
 class FastGlow:
@@ -305,8 +343,7 @@ class FastGlow:
 
     def _needs_grad(self, *inputs: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (
-            any(t.requires_grad for t in inputs)
-            or any(p.requires_grad for p in self.flow.parameters())
+            any(t.requires_grad for t in inputs) or any(p.requires_grad for p in self.flow.parameters())
         )
 
     # ---------------------------------------------------------------- entry
@@ -316,8 +353,7 @@ class FastGlow:
         """Same as ``flow.inverse_and_log_det(y)`` (``log_det`` is ``None`` when not asked for)."""
         fused = _fused_available()
         if self._needs_grad(y):
-            return self._inverse(y, self._live_steps(), log_det=True,
-                                 fused=fused and self.fuse_training)
+            return self._inverse(y, self._live_steps(), log_det=True, fused=fused and self.fuse_training)
         with torch.no_grad():
             plan = self.frozen_plan(y)
             n = self._chunk_images(y.shape[2] * y.shape[3] // 4, y.element_size())
@@ -356,6 +392,7 @@ class FastGlow:
         The shift stays before the matrix, as in normflows: folding it into a bias ``-W' t``
         would cancel large terms in float32 and lose precision.
         """
+
         def cast(v: torch.Tensor) -> torch.Tensor:
             return v if dtype is None else v.to(dtype)
 
@@ -437,8 +474,12 @@ class FastGlow:
                     p.bc = bc.to(dt).clone()
                     # the 3x3 conv as a 1x1 conv to 9 taps x C channels, row (ky * 3 + kx) * C + o
                     n_out, n_in = wc.shape[:2]
-                    p.wc9 = (wc.to(dt).permute(2, 3, 0, 1).reshape(9 * n_out, n_in, 1, 1)
-                             .contiguous(memory_format=cl))
+                    p.wc9 = (
+                        wc.to(dt)
+                        .permute(2, 3, 0, 1)
+                        .reshape(9 * n_out, n_in, 1, 1)
+                        .contiguous(memory_format=cl)
+                    )
                     p.half, p.mode, p.clamp = blk.channels // 2, blk.mode, blk.clamp
                     level.append(p)
                 plan.append(level)
@@ -500,8 +541,7 @@ class FastGlow:
             x2 = x2 - out
         return torch.cat([x1, x2], dim=-1), ld
 
-    def _forward(self, levels: list[torch.Tensor], plan: list[list[_Step]],
-                 fused: bool) -> torch.Tensor:
+    def _forward(self, levels: list[torch.Tensor], plan: list[list[_Step]], fused: bool) -> torch.Tensor:
         x = _to_nhwc(levels[0])
         for i, steps in enumerate(plan):
             if i > 0:

@@ -15,60 +15,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
-from flowcond.flow.config import BackboneConfig
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig, TrainConfig
 from flowcond.flow.fast import retain_freed_memory
+from flowcond.io import safefile
 from flowcond.training import torch_threads
 
 CHECKPOINT_KIND = "backbone-checkpoint"
-
-
-class TrainConfig(BaseModel):
-    """Options of ``flowcond train-backbone``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = "mnist5k"
-    root: str | None = None
-    download: bool = False
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adamax", "adam"] = "adamax"
-    warmup: int = Field(200, ge=0, description="linear learning-rate warmup steps")
-    decay_epochs: int = Field(
-        0, ge=0, description="decay the learning rate linearly to 0 over the last this many epochs"
-    )
-    threads: int | None = Field(
-        None, ge=1, description="torch CPU threads while training (None: torch's setting)"
-    )
-    clip: float = Field(50.0, gt=0, description="gradient norm clip")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    seed: int = 0
-    out: str = "backbone.safetensors"
-    resume: bool = False
-    progress: bool = True
-    compile: bool = Field(
-        False,
-        description="torch.compile the training loss (about 25% more "
-        "images/s on 2 CPU cores after a minute or two of "
-        "compiling; falls back to eager if compiling fails)",
-    )
-    fast: bool = Field(
-        True,
-        description="channels-last fast path and malloc tuning "
-        "(flowcond.flow.fast); False: normflows' own code "
-        "(same model and results up to float rounding, slower)",
-    )
 
 
 def checkpoint_path(out: str | Path) -> Path:

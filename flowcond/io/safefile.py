@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flowcond.io.atomic import atomic_write
 from flowcond.errors import FileFormatError
+from flowcond.io.atomic import atomic_write
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000

@@ -51,50 +51,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from flowcond.paper import metrics
-from flowcond.io.atomic import write_text
-from flowcond.flow.backbone import Backbone
-from flowcond.paper.baselines.cglow import CGlow, CGlowTrainConfig, train_cglow
-from flowcond.paper.baselines.prestored import PreStored
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError
-from flowcond.paper.evaluator import Evaluator, train_evaluator
+from flowcond.flow.backbone import Backbone
+from flowcond.io.atomic import write_text
 from flowcond.io.images import save_grid
+from flowcond.paper import metrics
+from flowcond.paper.baselines.cglow import CGlow, CGlowTrainConfig, train_cglow
+from flowcond.paper.baselines.prestored import PreStored
+from flowcond.paper.config import EvaluateConfig
+from flowcond.paper.evaluator import Evaluator, train_evaluator
 from flowcond.training import torch_threads
 
 METHODS = ("CAGlow", "CGlow", "Glow + pre-stored")
-
-
-class EvaluateConfig(BaseModel):
-    """Options of ``flowcond evaluate``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str
-    evaluator: str
-    attr_evaluator: str | None = None
-    dataset: str | None = Field(None, description="default: the backbone's training dataset")
-    root: str | None = None
-    out: str = "results"
-    cglow_epochs: int = Field(1, ge=1)
-    cglow_max_steps: int | None = Field(None, ge=1)
-    cglow_batch_size: int = Field(64, ge=1)
-    cglow_lr: float = Field(1e-3, gt=0)
-    attach_steps: int = Field(1000, ge=1)
-    attach_batch_size: int = Field(128, ge=2)
-    codes: int = Field(2, ge=0, description="unsupervised codes attached with CAGlow (0: none)")
-    samples_per_class: int = Field(50, ge=2)
-    fid_real: int = Field(1000, ge=2, description="real test images for FID")
-    temperature: float = Field(0.7, gt=0)
-    alpha: float = Field(1.0, description="scale of the pre-stored attribute deltas")
-    attr_evaluator_epochs: int = Field(5, ge=1)
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
-    cache_dir: str | None = None
-    progress: bool = True
 
 
 # ------------------------------------------------------------------ the three generators

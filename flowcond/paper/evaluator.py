@@ -26,36 +26,22 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from flowcond.io import safefile
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, FileFormatError
+from flowcond.io import safefile
+from flowcond.paper.config import EvaluatorConfig, EvaluatorTrainConfig
 from flowcond.training import torch_threads
 
 KIND = "evaluator"
 #: default (rotation degrees, zoom) augmentation per label kind
 AUTO_AUGMENT = {"categorical": (10.0, 0.1), "binary": (0.0, 0.0)}
-
-
-class EvaluatorConfig(BaseModel):
-    """Shape of an evaluator network (stored in its file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    channels: int = Field(ge=1)
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
-    n_outputs: int = Field(ge=1, description="classes (categorical) or attributes (binary)")
-    label_kind: Literal["categorical", "binary"] = "categorical"
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    feature_dim: int = Field(128, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
 
 
 class EvaluatorNet(nn.Module):
@@ -122,9 +108,7 @@ class Evaluator:
         label = header.get("label")
         names = header.get("class_names")
         if not isinstance(label, str) or not isinstance(names, list) or len(names) != cfg.n_outputs:
-            raise FileFormatError(
-                path, "evaluator header lacks a label field name or its class names"
-            )
+            raise FileFormatError(path, "evaluator header lacks a label field name or its class names")
         net = EvaluatorNet(cfg)
         state = net.state_dict()
         missing = sorted(set(state) - set(tensors))
@@ -132,15 +116,13 @@ class Evaluator:
         if missing or extra:
             raise FileFormatError(
                 path,
-                f"weights do not match the evaluator config (missing {missing[:3]}, "
-                f"unexpected {extra[:3]})",
+                f"weights do not match the evaluator config (missing {missing[:3]}, unexpected {extra[:3]})",
             )
         for k, v in state.items():
             if tuple(tensors[k].shape) != tuple(v.shape):
                 raise FileFormatError(
                     path,
-                    f"weight {k!r} has shape {tuple(tensors[k].shape)}, "
-                    f"config needs {tuple(v.shape)}",
+                    f"weight {k!r} has shape {tuple(tensors[k].shape)}, config needs {tuple(v.shape)}",
                 )
         net.load_state_dict(tensors)
         info = {k: v for k, v in header.items() if k not in ("config", "label", "class_names")}
@@ -179,9 +161,7 @@ class Evaluator:
     @torch.no_grad()
     def _batched(self, fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         x = self._check(x)
-        outs = [
-            fn(x[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)
-        ]
+        outs = [fn(x[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(outs) if outs else fn(x[:0].to(self.device)).cpu()
 
     def logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -209,9 +189,7 @@ def _all_images(ds: ImageDataset) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(len(ds))]).float()
 
 
-def random_shift(
-    x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift each image by an independent integer offset in [-max_shift, max_shift] (zero fill)."""
     if max_shift <= 0:
         return x
@@ -222,9 +200,7 @@ def random_shift(
     dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
     rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]
-    return xp[
-        torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
-    ]
+    return xp[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
 def random_affine(
@@ -271,9 +247,7 @@ def _warmup_cosine(total: int, warmup_frac: float = 0.15):
     return factor
 
 
-def _score(
-    net: EvaluatorNet, kind: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
-) -> float:
+def _score(net: EvaluatorNet, kind: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Accuracy: fraction of correct classes, or of correct attribute bits (over all attributes)."""
     was = net.training
     net.eval()
@@ -290,30 +264,6 @@ def _score(
                 total += t.numel()
     net.train(was)
     return correct / max(total, 1)
-
-
-class EvaluatorTrainConfig(BaseModel):
-    """Options of :func:`train_evaluator` / ``flowcond train-evaluator`` (stored in the file)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str | None = Field(None, description="label field to learn; default: the first one")
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0, description="peak learning rate (warmup, then cosine decay)")
-    weight_decay: float = Field(5e-4, ge=0)
-    shift: float = Field(2.0, ge=0, description="random shift augmentation, pixels")
-    rotate: float | None = Field(
-        None, ge=0, le=180, description="random rotation, degrees; default 10 (categorical), 0"
-    )
-    scale: float | None = Field(
-        None, ge=0, lt=1, description="random zoom, 1 +- scale; default 0.1 (categorical), 0"
-    )
-    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    feature_dim: int = Field(128, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    seed: int = 0
 
 
 def train_evaluator(

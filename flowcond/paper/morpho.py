@@ -56,9 +56,7 @@ def _as_batch(images: Any) -> np.ndarray:
             raise ValueError(f"morphometrics need grayscale images (N, 1, H, W), got {a.shape}")
         a = a[:, 0]
     if a.ndim != 3:
-        raise ValueError(
-            f"expected images of shape (N, 1, H, W), (N, H, W) or (H, W), got {a.shape}"
-        )
+        raise ValueError(f"expected images of shape (N, 1, H, W), (N, H, W) or (H, W), got {a.shape}")
     return a
 
 
@@ -142,9 +140,7 @@ def _extent(values: np.ndarray, bound_frac: float) -> float:
     return float(hi - lo + 1.0)
 
 
-def measure_binary(
-    binary: np.ndarray, upscale: int = 1, bound_frac: float = 0.02
-) -> dict[str, np.ndarray]:
+def measure_binary(binary: np.ndarray, upscale: int = 1, bound_frac: float = 0.02) -> dict[str, np.ndarray]:
     """Measures of already binarized (and upscaled ``upscale`` times) images, bool (N, H, W)."""
     b = np.asarray(binary, dtype=bool)
     if b.ndim == 2:

@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
-from flowcond.flow.config import BackboneConfig
 from flowcond.datasets import ImageDataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig
+from flowcond.io import safefile
 
 KIND = "cglow"
 

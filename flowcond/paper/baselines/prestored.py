@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
 from flowcond.errors import ConfigError, FileFormatError
+from flowcond.flow.backbone import Backbone
+from flowcond.io import safefile
 
 KIND = "prestored"
 

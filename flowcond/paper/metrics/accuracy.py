@@ -30,7 +30,5 @@ def attribute_accuracy(probs: Any, target: Any, threshold: float = 0.5) -> np.nd
     """Per-attribute accuracy (A,) of attribute probabilities (N, A) against 0/1 targets (N, A)."""
     p, t = to_numpy(probs, np.float64), to_numpy(target, np.float64)
     if p.shape != t.shape or p.ndim != 2:
-        raise ValueError(
-            f"expected probs and targets of the same shape (N, A), got {p.shape} and {t.shape}"
-        )
+        raise ValueError(f"expected probs and targets of the same shape (N, A), got {p.shape} and {t.shape}")
     return ((p > threshold) == (t > 0.5)).mean(axis=0)

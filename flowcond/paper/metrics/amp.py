@@ -37,9 +37,7 @@ def attribute_mean_probability(probs: Any, identities: Any) -> AMPResult:
     if p.ndim == 1:
         p = p[:, None]
     if p.ndim != 2 or ids.ndim != 1 or len(ids) != len(p):
-        raise ValueError(
-            f"expected probabilities (N, A) and identities (N,), got {p.shape} and {ids.shape}"
-        )
+        raise ValueError(f"expected probabilities (N, A) and identities (N,), got {p.shape} and {ids.shape}")
     if len(p) == 0:
         raise ValueError("AMP of an empty set")
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)

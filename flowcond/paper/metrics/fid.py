@@ -43,9 +43,7 @@ def _sqrtm(m: np.ndarray) -> np.ndarray:
     return root[0] if isinstance(root, tuple) else root
 
 
-def _frechet(
-    mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray, eps: float
-) -> float:
+def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray, eps: float) -> float:
     diff = mu_a - mu_b
     covmean = _sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():

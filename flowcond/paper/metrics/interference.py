@@ -30,8 +30,7 @@ def interference(amp_before: Any, amp_after: Any, edited_index: int | Sequence[i
     before, after = to_numpy(amp_before, np.float64), to_numpy(amp_after, np.float64)
     if before.shape != after.shape or before.ndim not in (1, 2):
         raise ValueError(
-            f"expected two AMP arrays of the same shape (A,) or (K, A), got {before.shape} "
-            f"and {after.shape}"
+            f"expected two AMP arrays of the same shape (A,) or (K, A), got {before.shape} and {after.shape}"
         )
     n = before.shape[-1]
     untouched = [a for a in range(n) if a not in _indices(edited_index, n)]
@@ -52,8 +51,7 @@ def cumulative_interference(
     """
     if len(amps) != len(edits) + 1:
         raise ValueError(
-            f"need one AMP per state: {len(edits)} edits give {len(edits) + 1} states, "
-            f"got {len(amps)} AMPs"
+            f"need one AMP per state: {len(edits)} edits give {len(edits) + 1} states, got {len(amps)} AMPs"
         )
     if relative_to not in ("start", "previous"):
         raise ValueError(f"relative_to must be 'start' or 'previous', got {relative_to!r}")

@@ -383,7 +383,7 @@ def test_fast_path_is_as_accurate_as_normflows_on_a_trained_backbone():
     import copy
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "backbones" / "glow_mnist5k.safetensors"
+    path = Path(__file__).resolve().parents[2] / "examples" / "backbones" / "glow_mnist5k.safetensors"
     if not path.is_file():
         pytest.skip(f"{path} is not there")
     from flowcond.datasets import load_dataset

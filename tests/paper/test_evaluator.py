@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flowcond.io import safefile
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError, FileFormatError
+from flowcond.io import safefile
 from flowcond.paper.evaluator import (
     Evaluator,
     EvaluatorConfig,
@@ -43,9 +43,7 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(digits, tmp_path_factory):
     path = tmp_path_factory.mktemp("ev") / "evaluator.safetensors"
-    ev, summary = train_evaluator(
-        digits, epochs=3, batch_size=64, lr=1e-2, shift=1, out=path, **SMALL
-    )
+    ev, summary = train_evaluator(digits, epochs=3, batch_size=64, lr=1e-2, shift=1, out=path, **SMALL)
     return ev, summary, path
 
 
@@ -97,22 +95,16 @@ def test_bad_files_are_refused(trained, tmp_path, monkeypatch):
     cases["garbage"] = p
     (p := tmp_path / "truncated.safetensors").write_bytes(data[: len(data) - 100])
     cases["truncated"] = p
-    (p := tmp_path / "pickle.safetensors").write_bytes(
-        pickle.dumps({"w": 1}, protocol=2) + b"\0" * 16
-    )
+    (p := tmp_path / "pickle.safetensors").write_bytes(pickle.dumps({"w": 1}, protocol=2) + b"\0" * 16)
     cases["pickle"] = p
-    safefile.write(
-        p := tmp_path / "backbone.safetensors", {"w": torch.zeros(1)}, {"kind": "backbone"}
-    )
+    safefile.write(p := tmp_path / "backbone.safetensors", {"w": torch.zeros(1)}, {"kind": "backbone"})
     cases["wrong kind"] = p
     tensors, header = safefile.read(good, "evaluator")
     bad_cfg = {**header, "config": {**header["config"], "n_outputs": 5}}
     bad_cfg.pop("content_hash")
     safefile.write(p := tmp_path / "mismatch.safetensors", tensors, bad_cfg)
     cases["config/weights mismatch"] = p
-    safefile.write(
-        p := tmp_path / "invalid.safetensors", tensors, {**header, "config": {"channels": "one"}}
-    )
+    safefile.write(p := tmp_path / "invalid.safetensors", tensors, {**header, "config": {"channels": "one"}})
     cases["invalid config"] = p
     no_label = {k: v for k, v in header.items() if k != "label"}
     safefile.write(p := tmp_path / "nolabel.safetensors", tensors, no_label)
@@ -145,12 +137,8 @@ def test_binary_attribute_evaluator():
     x[:, :, :4, :] += attrs[:, 0, None, None, None] * 0.8
     x[:, :, :, :4] += attrs[:, 1, None, None, None] * 0.8
     schema = [LabelField("attributes", "binary", 2, ["top", "left"])]
-    train = ImageDataset(
-        x[:192], {"attributes": attrs[:192]}, schema, {"name": "toy", "split": "train"}
-    )
-    test = ImageDataset(
-        x[192:], {"attributes": attrs[192:]}, schema, {"name": "toy", "split": "test"}
-    )
+    train = ImageDataset(x[:192], {"attributes": attrs[:192]}, schema, {"name": "toy", "split": "train"})
+    test = ImageDataset(x[192:], {"attributes": attrs[192:]}, schema, {"name": "toy", "split": "test"})
     ev, summary = train_evaluator((train, test), epochs=6, batch_size=32, lr=1e-2, shift=0, **SMALL)
     assert summary["test_accuracy"] > 0.85
     # rotation / zoom would change geometric attributes: off by default for binary labels

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from flowcond.io import safefile
+from flowcond.errors import FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig
-from flowcond.errors import FileFormatError
+from flowcond.io import safefile
 
 TINY = dict(channels=1, height=8, width=8, levels=2, steps=2, hidden=8)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from flowcond import Backbone, BackboneConfig
-from flowcond.paper.baselines import CGlow, CGlowConfig, CGlowTrainConfig, PreStored, train_cglow
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError
+from flowcond.paper.baselines import CGlow, CGlowConfig, CGlowTrainConfig, PreStored, train_cglow
 from flowcond.testing import tiny_image_dataset
 
 TINY = BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8)

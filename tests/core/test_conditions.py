@@ -82,14 +82,8 @@ def test_ids_class_names_and_errors():
         {"name": "zoo"},
     )
     kind = Ids.from_dataset({"field": "animal"}, ds)
-    assert (
-        kind.parse("dog") == 1
-        and kind.parse("bird") == 2
-        and kind.format(torch.tensor(2)) == "Bird"
-    )
-    with pytest.raises(
-        ConfigError, match=r"condition plugin 'ids'.*'cow'.*known: cat, dog.*expected ids=3"
-    ):
+    assert kind.parse("dog") == 1 and kind.parse("bird") == 2 and kind.format(torch.tensor(2)) == "Bird"
+    with pytest.raises(ConfigError, match=r"condition plugin 'ids'.*'cow'.*known: cat, dog.*expected ids=3"):
         kind.parse("cow")
     with pytest.raises(ConfigError, match=r"'ids'.*'10'.*out of range 0..2"):
         kind.parse("10")
@@ -100,9 +94,7 @@ def test_ids_class_names_and_errors():
 
 
 def test_ids_embedding_for_many_classes():
-    kind = Ids(
-        {"embedding_threshold": 100, "embedding_dim": 16}, {"field": "identity", "classes": 10177}
-    )
+    kind = Ids({"embedding_threshold": 100, "embedding_dim": 16}, {"field": "identity", "classes": 10177})
     assert kind.embedded and kind.input_dim == 16 and kind.head_dim == 10177
     module = kind.input_module()
     assert isinstance(module, nn.Embedding)
@@ -158,11 +150,7 @@ def test_attributes_metrics_and_loss(tiny_dataset):
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     logits = torch.tensor([[5.0, -5.0, 5.0], [5.0, -5.0, 5.0]])
     m = kind.metrics(logits, targets)
-    assert (
-        m["accuracy/smiling"] == 0.5
-        and m["accuracy/eyeglasses"] == 1.0
-        and m["accuracy/male"] == 1.0
-    )
+    assert m["accuracy/smiling"] == 0.5 and m["accuracy/eyeglasses"] == 1.0 and m["accuracy/male"] == 1.0
     assert m["accuracy"] == pytest.approx(2.5 / 3)
     assert kind.loss(logits * 10, (logits > 0).float()) < 1e-6
 

@@ -60,17 +60,13 @@ def test_frechet_distance_closed_form_with_scaled_covariance():
     cov = np.cov(x, rowvar=False)
     dmu = y.mean(0) - x.mean(0)
     expected = float(dmu @ dmu + np.trace(cov))
-    assert frechet_distance(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(
-        expected, rel=1e-6
-    )
+    assert frechet_distance(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_frechet_distance_survives_singular_covariances():
     rng = np.random.default_rng(3)
     a = np.concatenate([rng.normal(size=(20, 2)), np.zeros((20, 3))], axis=1)  # rank 2 of 5
-    b = np.concatenate(
-        [rng.normal(size=(5, 2)), np.zeros((5, 3))], axis=1
-    )  # fewer samples than dims
+    b = np.concatenate([rng.normal(size=(5, 2)), np.zeros((5, 3))], axis=1)  # fewer samples than dims
     d = frechet_distance(a, b)
     assert math.isfinite(d) and d >= 0.0
 
@@ -103,9 +99,7 @@ def test_amp_per_identity_and_variance_across_identities():
     # population variance of {0, 0.75} and of {1, 0}
     np.testing.assert_allclose(res.variance, [0.140625, 0.25])
     assert res.mean_variance == pytest.approx(0.1953125)
-    np.testing.assert_allclose(
-        amp_variance(torch.tensor(probs), torch.tensor(ids)), [0.140625, 0.25]
-    )
+    np.testing.assert_allclose(amp_variance(torch.tensor(probs), torch.tensor(ids)), [0.140625, 0.25])
 
 
 def test_amp_variance_is_zero_when_every_identity_agrees():

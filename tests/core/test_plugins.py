@@ -22,7 +22,7 @@ from flowcond.datasets import load_dataset
 from flowcond.errors import PluginError
 from flowcond.testing import PluginSandbox, make_distribution
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_KINDS = {"ids", "attributes", "codes"}
 
 KIND_SOURCE = """
@@ -39,9 +39,7 @@ def register_conditions(register):
 """
 
 
-def fake_dist(
-    tmp_path, monkeypatch, source: str, dist: str = "flowcond-fake", entry: str = "fake"
-) -> str:
+def fake_dist(tmp_path, monkeypatch, source: str, dist: str = "flowcond-fake", entry: str = "fake") -> str:
     """'Install' a distribution whose entry point ``entry`` is a module with ``source``."""
     module = f"fake_{uuid.uuid4().hex[:8]}"
     make_distribution(tmp_path, dist, {entry: module}, {f"{module}.py": textwrap.dedent(source)})
@@ -65,32 +63,22 @@ def test_builtins_are_ordinary_entry_point_plugins(flowcond_plugins):
 
 
 def test_unknown_condition_kind_lists_installed(flowcond_plugins):
-    with pytest.raises(
-        PluginError, match=r"unknown condition plugin 'nope'; installed: .*attributes, codes"
-    ):
+    with pytest.raises(PluginError, match=r"unknown condition plugin 'nope'; installed: .*attributes, codes"):
         registry.get_condition_kind("nope")
 
 
 def test_import_error_is_reported_and_others_keep_working(
     flowcond_plugins, flowcond_cli, tmp_path, monkeypatch
 ):
-    fake_dist(
-        tmp_path, monkeypatch, "import no_such_module_xyz\n", dist="flowcond-broken", entry="broken"
-    )
+    fake_dist(tmp_path, monkeypatch, "import no_such_module_xyz\n", dist="flowcond-broken", entry="broken")
     flowcond_plugins.reload()
     [err] = [e for e in flowcond_plugins.errors if e.plugin == "broken"]
-    assert (
-        err.distribution == "flowcond-broken"
-        and "No module named 'no_such_module_xyz'" in err.error
-    )
+    assert err.distribution == "flowcond-broken" and "No module named 'no_such_module_xyz'" in err.error
     assert BUILTIN_KINDS <= set(flowcond_plugins.condition_kinds())
     result = flowcond_cli("plugins", "--all")
     assert result.exit_code == 0, result.output
     assert {p["name"] for p in json.loads(result.stdout)} >= BUILTIN_KINDS
-    assert (
-        "warning: plugin 'broken' (from flowcond-broken) failed: ModuleNotFoundError"
-        in result.stderr
-    )
+    assert "warning: plugin 'broken' (from flowcond-broken) failed: ModuleNotFoundError" in result.stderr
 
 
 def test_hook_raising_is_reported_and_others_keep_working(
@@ -123,19 +111,13 @@ def test_hook_raising_is_reported_and_others_keep_working(
     messages = [str(e) for e in flowcond_plugins.errors]
     assert (
         "plugin 'raising' (from flowcond-raising) failed: "
-        "register_conditions raised RuntimeError: boom"
-        in messages
+        "register_conditions raised RuntimeError: boom" in messages
     )
     assert any("register_commands raised ValueError: no commands today" in m for m in messages)
     result = flowcond_cli("plugins")
-    assert (
-        result.exit_code == 0 and "register_conditions raised RuntimeError: boom" in result.stderr
-    )
+    assert result.exit_code == 0 and "register_conditions raised RuntimeError: boom" in result.stderr
     [listed] = [p for p in json.loads(result.stdout) if p["name"] == "raising"]
-    assert (
-        listed["hooks"] == ["register_commands", "register_conditions"]
-        and listed["conditions"] == []
-    )
+    assert listed["hooks"] == ["register_commands", "register_conditions"] and listed["conditions"] == []
 
 
 def test_strict_mode_reraises(flowcond_plugins, tmp_path, monkeypatch):
@@ -174,9 +156,7 @@ def test_load_plugins_env_limits_what_loads(flowcond_plugins, monkeypatch, value
     assert set(flowcond_plugins.condition_kinds()) == expected & BUILTIN_KINDS
 
 
-def test_duplicate_condition_names_name_both_plugins(
-    flowcond_plugins, flowcond_register, flowcond_cli
-):
+def test_duplicate_condition_names_name_both_plugins(flowcond_plugins, flowcond_register, flowcond_cli):
     class OtherIds(Codes):
         name = "ids"
 
@@ -225,9 +205,7 @@ def test_invalid_registrations_are_reported(flowcond_plugins):
     errors = "\n".join(str(e) for e in flowcond_plugins.errors)
     assert "plugin 'bad0'" in errors and "'abstract' does not implement from_dataset" in errors
     assert "plugin 'bad1'" in errors and "needs a class attribute `name`" in errors
-    assert (
-        "plugin 'bad2'" in errors and "registered 'codes', not a ConditionKind subclass" in errors
-    )
+    assert "plugin 'bad2'" in errors and "registered 'codes', not a ConditionKind subclass" in errors
 
 
 def test_typo_in_hook_name_and_missing_decorator(flowcond_plugins):
@@ -245,9 +223,7 @@ def test_typo_in_hook_name_and_missing_decorator(flowcond_plugins):
         match=r"unknown hook\(s\) register_condition; flowcond's hooks are register_commands",
     ):
         flowcond_plugins.register(Typo(), "typo")
-    with pytest.raises(
-        PluginError, match=r"register_conditions is not decorated with @flowcond.hookimpl"
-    ):
+    with pytest.raises(PluginError, match=r"register_conditions is not decorated with @flowcond.hookimpl"):
         flowcond_plugins.register(Undecorated(), "undecorated")
     assert "typo" not in flowcond_plugins.names()
 
@@ -256,9 +232,7 @@ def test_register_hooks_datasets_and_commands(flowcond_plugins, flowcond_cli, ti
     class Mine:
         @hookimpl
         def register_datasets(self, register):
-            register(
-                "tiny", lambda split, root=None, download=False: tiny_dataset, "32 random images"
-            )
+            register("tiny", lambda split, root=None, download=False: tiny_dataset, "32 random images")
 
         @hookimpl
         def register_commands(self, cli):
@@ -323,9 +297,7 @@ def test_plugins_dir(flowcond_plugins, flowcond_cli, tmp_path):
     assert result.exit_code == 0, result.output
     [listed] = [p for p in json.loads(result.stdout) if p["distribution"] is None]
     assert (
-        listed["name"] == "myplugins/wavy"
-        and listed["version"] == "1.2"
-        and listed["distribution"] is None
+        listed["name"] == "myplugins/wavy" and listed["version"] == "1.2" and listed["distribution"] is None
     )
     assert listed["conditions"] == ["wavy"] and listed["path"] == str(folder / "wavy.py")
     assert "broken.py' failed: RuntimeError: broken local plugin" in result.stderr
@@ -350,9 +322,7 @@ def test_same_file_name_in_two_folders(flowcond_plugins, tmp_path):
         (tmp_path / sub / "plugins" / "p.py").write_text(KIND_SOURCE.format(cls="K", name=kind))
     first = registry.load_plugins_dir(tmp_path / "a" / "plugins")
     second = registry.load_plugins_dir(tmp_path / "b" / "plugins")
-    assert first == ["plugins/p"] and second == [
-        str((tmp_path / "b" / "plugins" / "p.py").resolve())
-    ]
+    assert first == ["plugins/p"] and second == [str((tmp_path / "b" / "plugins" / "p.py").resolve())]
     assert {"alpha", "beta"} <= set(flowcond_plugins.condition_kinds())
 
 
@@ -408,7 +378,7 @@ def test_every_hook_is_documented_and_tested():
     assert hooks == registry.hook_names() or sorted(hooks) == registry.hook_names()
     doc = (ROOT / "docs" / "writing-plugins.md").read_text()
     headings = [line for line in doc.splitlines() if line.startswith("#")]
-    tests = [p for p in (ROOT / "tests").glob("test_*.py")] + list(
+    tests = [p for p in (ROOT / "tests").rglob("test_*.py")] + list(
         ROOT.glob("examples/plugins/*/tests/test_*.py")
     )
     test_text = "\n".join(p.read_text() for p in tests)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowcond.paper import morpho
 from flowcond.datasets import ImageDataset, LabelField
+from flowcond.paper import morpho
 
 
 def bar(width=4, top=6, bottom=26, left=14):
@@ -77,9 +77,7 @@ def test_skeleton_of_a_thin_line_is_the_line_and_a_thick_bar_gets_thin():
     skel = morpho.skeletonize(thick)
     assert skel.sum() > 0 and skel.sum() < thick.sum() / 10
     assert (skel & ~thick).sum() == 0  # inside the shape
-    assert (
-        np.abs(np.nonzero(skel)[1] - np.nonzero(thick)[1].mean()).max() <= 1
-    )  # on the centre line
+    assert np.abs(np.nonzero(skel)[1] - np.nonzero(thick)[1].mean()).max() <= 1  # on the centre line
 
 
 # ------------------------------------------------------------------ the mnist5k-morpho plugin
@@ -132,7 +130,5 @@ def test_plugin_registers_mnist5k_morpho():
     from flowcond_plugins import morpho as plugin
 
     seen = []
-    plugin.register_datasets(
-        register=lambda name, loader, description="": seen.append((name, loader))
-    )
+    plugin.register_datasets(register=lambda name, loader, description="": seen.append((name, loader)))
     assert seen == [("mnist5k-morpho", plugin.load_mnist5k_morpho)]

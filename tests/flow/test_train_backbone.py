@@ -6,11 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flowcond.io import safefile
-from flowcond.flow.backbone import Backbone
-from flowcond.flow.config import BackboneConfig
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FlowcondError
+from flowcond.flow.backbone import Backbone
+from flowcond.flow.config import BackboneConfig
 from flowcond.flow.train import (
     CHECKPOINT_KIND,
     TrainConfig,
@@ -20,6 +19,7 @@ from flowcond.flow.train import (
     learning_rate,
     train_backbone,
 )
+from flowcond.io import safefile
 
 BCFG = BackboneConfig(channels=1, height=8, width=8, levels=2, steps=2, hidden=16)
 

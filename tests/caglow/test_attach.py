@@ -17,10 +17,10 @@ from flowcond.caglow.attach import (
     encoder_losses,
     supervision_losses,
 )
+from flowcond.caglow.heads import Heads
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
-from flowcond.caglow.heads import Heads
 from flowcond.testing import tiny_image_dataset
 
 

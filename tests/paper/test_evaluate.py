@@ -11,8 +11,9 @@ import torch
 
 from flowcond import Backbone, BackboneConfig, hookimpl
 from flowcond.caglow.attach import AttachConfig
-from flowcond.paper.baselines import CGlow, CGlowConfig, PreStored
+from flowcond.caglow.heads import Heads
 from flowcond.datasets import load_dataset
+from flowcond.paper.baselines import CGlow, CGlowConfig, PreStored
 from flowcond.paper.evaluate import (
     METHODS,
     CAGlowGenerator,
@@ -23,7 +24,6 @@ from flowcond.paper.evaluate import (
     edit_metrics,
     markdown,
 )
-from flowcond.caglow.heads import Heads
 from flowcond.testing import tiny_image_dataset
 
 TINY = BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8)

@@ -1,0 +1,78 @@
+"""Configuration of the paper layer: the evaluator's network and training, and ``flowcond evaluate``.
+
+Torch-free, so that the CLI can build its options from these models without importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvaluatorConfig(BaseModel):
+    """Shape of an evaluator network (stored in its file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(ge=1)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    n_outputs: int = Field(ge=1, description="classes (categorical) or attributes (binary)")
+    label_kind: Literal["categorical", "binary"] = "categorical"
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    feature_dim: int = Field(128, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class EvaluatorTrainConfig(BaseModel):
+    """Options of :func:`train_evaluator` / ``flowcond train-evaluator`` (stored in the file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, description="label field to learn; default: the first one")
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (warmup, then cosine decay)")
+    weight_decay: float = Field(5e-4, ge=0)
+    shift: float = Field(2.0, ge=0, description="random shift augmentation, pixels")
+    rotate: float | None = Field(
+        None, ge=0, le=180, description="random rotation, degrees; default 10 (categorical), 0"
+    )
+    scale: float | None = Field(
+        None, ge=0, lt=1, description="random zoom, 1 +- scale; default 0.1 (categorical), 0"
+    )
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    feature_dim: int = Field(128, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    seed: int = 0
+
+
+class EvaluateConfig(BaseModel):
+    """Options of ``flowcond evaluate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str
+    evaluator: str
+    attr_evaluator: str | None = None
+    dataset: str | None = Field(None, description="default: the backbone's training dataset")
+    root: str | None = None
+    out: str = "results"
+    cglow_epochs: int = Field(1, ge=1)
+    cglow_max_steps: int | None = Field(None, ge=1)
+    cglow_batch_size: int = Field(64, ge=1)
+    cglow_lr: float = Field(1e-3, gt=0)
+    attach_steps: int = Field(1000, ge=1)
+    attach_batch_size: int = Field(128, ge=2)
+    codes: int = Field(2, ge=0, description="unsupervised codes attached with CAGlow (0: none)")
+    samples_per_class: int = Field(50, ge=2)
+    fid_real: int = Field(1000, ge=2, description="real test images for FID")
+    temperature: float = Field(0.7, gt=0)
+    alpha: float = Field(1.0, description="scale of the pre-stored attribute deltas")
+    attr_evaluator_epochs: int = Field(5, ge=1)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    cache_dir: str | None = None
+    progress: bool = True
