@@ -37,6 +37,11 @@ class ConditionKind(ABC):
     supervised: ClassVar[bool] = True
     #: form of a ``--condition`` value, shown in parse errors, e.g. ``"ids=3"``
     value_help: ClassVar[str] = ""
+    #: the kind of dataset label field (``categorical``, ``binary`` or ``continuous``) whose values
+    #: this condition takes *as they are* as its targets, chosen with the option ``field``; None
+    #: for kinds that derive their targets or need no labels. ``flowcond evaluate`` uses it to
+    #: find the condition for a dataset's class field and for its attribute field.
+    label_kind: ClassVar[str | None] = None
 
     def __init__(
         self, options: BaseModel | dict[str, Any] | None, state: dict[str, Any] | None = None
@@ -73,18 +78,6 @@ class ConditionKind(ABC):
         """JSON-serializable facts needed to rebuild this kind without the dataset."""
         return dict(self.state_dict_)
 
-    def to_dict(self) -> dict[str, Any]:
-        """``{"kind", "options", "state"}``, JSON-serializable; :meth:`from_dict` rebuilds it."""
-        options = self.options.model_dump(mode="json")
-        return {"kind": self.name, "options": options, "state": self.state()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConditionKind:
-        """Rebuild a kind from :meth:`to_dict` output (without the dataset)."""
-        if data.get("kind", cls.name) != cls.name:
-            raise ConfigError(f"condition plugin {cls.name!r} cannot load a {data['kind']!r} condition")
-        return cls(data.get("options"), data.get("state"))
-
     # ---------------------------------------------------------------- targets
     @property
     @abstractmethod
@@ -111,6 +104,12 @@ class ConditionKind(ABC):
     def format(self, target: torch.Tensor) -> str:
         """Short text for one target (used to label image grids)."""
         return ",".join(f"{v:g}" for v in target.reshape(-1).tolist())
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        """Range of each target component for sweeps (``flowcond explore``), e.g. ``(-1, 1)`` for
+        uniform codes; None when the targets are not numbers to sweep (class ids)."""
+        return None
 
     def edit(self, target: torch.Tensor, value: str) -> torch.Tensor:
         """Apply a cumulative edit (``--add name=value``) to one target. Default: replace it."""

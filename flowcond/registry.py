@@ -218,6 +218,8 @@ class Registered:
     obj: Any
     plugin: str
     description: str = ""
+    #: for datasets: the registered dataset whose images this one shares, adding labels
+    extends: str | None = None
 
 
 def registrations(hook_name: str, make_register: Callable[[list, str], Callable]) -> list[Registered]:
@@ -280,10 +282,10 @@ def _condition_register(items: list, plugin: str) -> Callable:
 
 
 def _dataset_register(items: list, plugin: str) -> Callable:
-    def register(name: str, loader: Callable, description: str = "") -> None:
+    def register(name: str, loader: Callable, description: str = "", extends: str | None = None) -> None:
         if not isinstance(name, str) or not name or not callable(loader):
             raise PluginError(f"plugin {plugin!r}: register(name, loader) needs a name and a callable")
-        items.append(Registered(name, loader, plugin, description))
+        items.append(Registered(name, loader, plugin, description, extends))
 
     return register
 

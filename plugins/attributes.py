@@ -55,10 +55,16 @@ class Attributes(ConditionKind):
     name = "attributes"
     Options = AttributesOptions
     supervised = True
+    label_kind = "binary"
     value_help = (
         "attributes=smiling,eyeglasses (the attributes that are on; 'none' for all off), "
         "and for edits attributes=-smiling to turn one off"
     )
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Attributes are 0 (off) to 1 (on); sweeps may go beyond."""
+        return (0.0, 1.0)
 
     @classmethod
     def from_dataset(cls, options: BaseModel | dict[str, Any] | None, dataset: Any) -> Attributes:

@@ -35,6 +35,7 @@ class Ids(ConditionKind):
     name = "ids"
     Options = IdsOptions
     supervised = True
+    label_kind = "categorical"
     value_help = "ids=3 (a class index) or ids=NAME (a class name, if the dataset names them)"
 
     @classmethod

@@ -128,4 +128,5 @@ def register_datasets(register):
         "mnist5k-morpho",
         load_mnist5k_morpho,
         "mnist5k + binary attributes thick/slanted/wide/tall (Morpho-MNIST measure > train median)",
+        extends="mnist5k",
     )

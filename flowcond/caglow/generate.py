@@ -96,7 +96,9 @@ def explore(
         raise ConfigError(f"--code {code}: plugin {name!r} has codes 0..{width - 1}")
     g = torch.Generator().manual_seed(seed)
     targets = heads.sample_targets(rows, given, g)
-    lo, hi = getattr(kind, "value_range", (-1.0, 1.0))
+    if kind.value_range is None:
+        raise ConfigError(f"explore: condition plugin {name!r} has no value range to sweep")
+    lo, hi = kind.value_range
     values = torch.linspace(lo, hi, steps)
     cols = []
     for v in values:
