@@ -130,5 +130,7 @@ def test_plugin_registers_mnist5k_morpho():
     from flowcond_plugins import morpho as plugin
 
     seen = []
-    plugin.register_datasets(register=lambda name, loader, description="": seen.append((name, loader)))
-    assert seen == [("mnist5k-morpho", plugin.load_mnist5k_morpho)]
+    plugin.register_datasets(
+        register=lambda name, loader, description="", extends=None: seen.append((name, loader, extends))
+    )
+    assert seen == [("mnist5k-morpho", plugin.load_mnist5k_morpho, "mnist5k")]
