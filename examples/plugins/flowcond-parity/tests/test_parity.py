@@ -21,7 +21,8 @@ def test_targets_prior_and_state_round_trip(tiny_dataset):
     assert kind.state()["field"] == "digit"
     labels = {"digit": torch.tensor([0, 1, 2, 7])}
     assert kind.targets(labels).tolist() == [[0.0], [1.0], [0.0], [1.0]]
-    rebuilt = Parity.from_dict(json.loads(json.dumps(kind.to_dict())))
+    saved = json.loads(json.dumps({"options": kind.options.model_dump(), "state": kind.state()}))
+    rebuilt = Parity(saved["options"], saved["state"])
     assert rebuilt.state() == kind.state()
     prior = rebuilt.sample_prior(64, torch.Generator().manual_seed(0))
     assert prior.shape == (64, 1) and set(prior.unique().tolist()) <= {0.0, 1.0}
