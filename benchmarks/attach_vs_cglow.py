@@ -30,7 +30,8 @@ import torch
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=r".*torch\.lu is deprecated.*")
 
-from flowcond.caglow.attach import AttachConfig, attach  # noqa: E402
+from flowcond.caglow.attach import attach  # noqa: E402
+from flowcond.caglow.config import AttachConfig  # noqa: E402
 from flowcond.caglow.latents import LatentCache  # noqa: E402
 from flowcond.datasets import load_dataset  # noqa: E402
 from flowcond.flow.backbone import Backbone  # noqa: E402

@@ -98,7 +98,7 @@ def worker(kind: str, args) -> dict:
     """One measurement in this (fresh) process; returns seconds per iteration and extras."""
     import torch
 
-    from flowcond.flow import fast as fastflow
+    from flowcond.flow import fast_ops as fastflow
     from flowcond.flow.backbone import Backbone
     from flowcond.flow.train import CompiledLoss, train_step
 
@@ -199,7 +199,7 @@ def worker(kind: str, args) -> dict:
             compiled = torch.compile(enc)
             t0 = time.perf_counter()
             # no_grad, not inference_mode: compiling this under inference_mode hangs with
-            # torch 2.14 (the in-place tap additions of fastflow._conv3x3_taps)
+            # torch 2.14 (the in-place tap additions of fast_ops.conv3x3_taps)
             with torch.no_grad():
                 compiled(ye)
                 out["compile_s"] = time.perf_counter() - t0

@@ -9,18 +9,31 @@ reconstructs the code from generated latents only (Eq. 13).
 Lifecycle: ``Kind.from_dataset(options, dataset)`` when attaching (reads label schema and
 statistics), ``kind.state()`` is stored in the heads file, ``Kind(options, state)`` rebuilds it
 without the dataset.
+
+Importing this module does not import torch (``flowcond --help`` imports every plugin, and
+plugins import it): torch is imported inside the methods that need it. The input modules
+(``OneHot``, ``Embedding``) live in :mod:`flowcond.caglow.inputs`; ``flowcond.conditions.OneHot``
+still works.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch import nn
 
-from flowcond.errors import ConfigError
+from flowcond.errors import ConfigError, PluginError, validation_message
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from flowcond.caglow.inputs import OneHot
+
+__all__ = ["ConditionKind", "NoOptions", "OneHot", "check_kind", "label_field"]
 
 
 class NoOptions(BaseModel):
@@ -60,10 +73,7 @@ class ConditionKind(ABC):
         try:
             return cls.Options(**(options or {}))
         except ValidationError as e:
-            msgs = "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
-                for err in e.errors()
-            )
+            msgs = validation_message(e)
             fields = ", ".join(cls.Options.model_fields) or "none"
             raise ConfigError(
                 f"condition plugin {cls.name!r}: invalid options: {msgs} (its options: {fields})"
@@ -87,6 +97,8 @@ class ConditionKind(ABC):
     @property
     def target_dtype(self) -> torch.dtype:
         """dtype of targets: ``torch.long`` for class ids, ``torch.float32`` (default) otherwise."""
+        import torch
+
         return torch.float32
 
     def targets(self, labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -122,8 +134,11 @@ class ConditionKind(ABC):
         """Width of this kind's slice of the encoder input."""
 
     def input_module(self) -> nn.Module:
-        """Module mapping a batch of targets to ``(B, input_dim)`` encoder inputs (may learn)."""
-        return _Float(self.input_dim)
+        """Module mapping a batch of targets to ``(B, input_dim)`` encoder inputs (may learn).
+        Default: the targets as they are, as float (:class:`flowcond.caglow.inputs.AsFloat`)."""
+        from flowcond.caglow.inputs import AsFloat
+
+        return AsFloat(self.input_dim)
 
     # -------------------------------------------------------------- head side
     @property
@@ -155,26 +170,21 @@ class ConditionKind(ABC):
         return f"{type(self).__name__}({self.options!r}, state keys={sorted(self.state_dict_)})"
 
 
-class _Float(nn.Module):
-    """Default input module: targets used as they are, as float ``(B, width)``."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.width = width
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return t.float().reshape(t.shape[0], self.width)
-
-
-class OneHot(nn.Module):
-    """Input module for class ids: ``(B,)`` long -> one-hot ``(B, classes)`` float."""
-
-    def __init__(self, classes: int) -> None:
-        super().__init__()
-        self.classes = classes
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(t.long().reshape(-1), self.classes).float()
+def check_kind(kind: Any, plugin: str) -> str:
+    """The name of ``kind``, which ``plugin`` registers; PluginError if it is not a concrete
+    ConditionKind subclass with a valid ``name`` (letters, digits, ``_`` and ``-``)."""
+    if not (isinstance(kind, type) and issubclass(kind, ConditionKind)):
+        raise PluginError(f"plugin {plugin!r} registered {kind!r}, not a ConditionKind subclass")
+    name = getattr(kind, "name", None)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name):
+        raise PluginError(
+            f"plugin {plugin!r}: condition kind {kind.__qualname__} needs a class attribute "
+            f"`name` (letters, digits, '_' or '-'), got {name!r}"
+        )
+    if inspect.isabstract(kind):
+        missing = ", ".join(sorted(kind.__abstractmethods__))
+        raise PluginError(f"plugin {plugin!r}: condition kind {name!r} does not implement {missing}")
+    return name
 
 
 def label_field(plugin: str, dataset: Any, kind: str, field: str | None = None) -> Any:
@@ -200,3 +210,12 @@ def label_field(plugin: str, dataset: Any, kind: str, field: str | None = None) 
             f"choose one of: {', '.join(fitting) or 'none'} (its labels: {listing})"
         )
     return schema[field]
+
+
+def __getattr__(name: str) -> Any:
+    # the input modules moved to flowcond.caglow.inputs (they need torch)
+    if name in ("OneHot", "Embedding", "AsFloat", "_Float"):
+        from flowcond.caglow import inputs
+
+        return getattr(inputs, "AsFloat" if name == "_Float" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,18 +3,21 @@
 Loaders are registered by plugins (hook ``register_datasets``); the built-in ones live in
 ``plugins/datasets.py``. Labels are always held in memory as whole tensors (cheap even for CelebA),
 images may be loaded lazily.
+
+Importing this module does not import torch (plugins import it, and ``flowcond --help`` imports
+every plugin); the methods that need torch import it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch.utils.data import Dataset
+from flowcond.errors import ConfigError, PluginError
 
-from flowcond.errors import ConfigError
+if TYPE_CHECKING:
+    import torch
 
 LabelKind = Literal["categorical", "binary", "continuous"]
 
@@ -33,11 +36,12 @@ class LabelField:
         return asdict(self)
 
 
-class ImageDataset(Dataset):
+class ImageDataset:
     """Images in [0, 1] of shape ``(C, H, W)``, labels ``{field: tensor}`` and their schema.
 
     ``images`` is either a tensor ``(N, C, H, W)`` or a callable ``index -> (C, H, W)`` for lazy
-    loading (then ``image_shape`` must be given). Items are ``(image, {field: label})``.
+    loading (then ``image_shape`` must be given). Items are ``(image, {field: label})``: a map-style
+    dataset (``len`` and indexing), usable with ``torch.utils.data.DataLoader``.
     """
 
     def __init__(
@@ -52,7 +56,7 @@ class ImageDataset(Dataset):
         self.labels = labels
         self.schema = {f.name: f for f in schema}
         self.spec = spec
-        if isinstance(images, torch.Tensor):
+        if not callable(images):  # a tensor
             self._n = images.shape[0]
             self.image_shape = tuple(images.shape[1:])
         else:
@@ -68,13 +72,15 @@ class ImageDataset(Dataset):
         return self._n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        img = self.images[i] if isinstance(self.images, torch.Tensor) else self.images(i)
+        img = self.images(i) if callable(self.images) else self.images[i]
         return img, {k: v[i] for k, v in self.labels.items()}
 
     def images_at(self, index: Any) -> torch.Tensor:
         """Images ``(len(index), C, H, W)`` at ``index`` (a slice, range, list or index tensor)."""
-        if isinstance(self.images, torch.Tensor):
+        if not callable(self.images):
             return self.images[index]
+        import torch
+
         if isinstance(index, slice):
             index = range(*index.indices(len(self)))
         return torch.stack([self.images(int(i)) for i in index])
@@ -90,6 +96,16 @@ class ImageDataset(Dataset):
             "image_shape": list(self.image_shape),
             "labels": [f.to_dict() for f in self.schema.values()],
         }
+
+
+def check_loader(name: Any, loader: Any, extends: Any, plugin: str) -> None:
+    """PluginError unless ``register(name, loader, description, extends)`` of the hook
+    ``register_datasets`` got a name, a callable loader and, if given, the name of the dataset
+    it extends."""
+    if not isinstance(name, str) or not name or not callable(loader):
+        raise PluginError(f"plugin {plugin!r}: register(name, loader) needs a name and a callable")
+    if extends is not None and (not isinstance(extends, str) or not extends):
+        raise PluginError(f"plugin {plugin!r}: dataset {name!r}: extends must be a dataset name")
 
 
 def load_dataset(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -29,3 +31,21 @@ def validation_message(error: Any) -> str:
 
 class PluginError(FlowcondError):
     """A plugin is missing, broken, or returned something invalid."""
+
+
+def exception_line(exc: BaseException) -> str:
+    """The last line of an exception's ``Type: message`` text."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+
+
+@dataclass
+class LoadError:
+    """A plugin that could not be loaded or whose hook raised (recorded, printed as a warning)."""
+
+    plugin: str
+    distribution: str | None
+    error: str
+
+    def __str__(self) -> str:
+        dist = f" (from {self.distribution})" if self.distribution else ""
+        return f"plugin {self.plugin!r}{dist} failed: {self.error}"

@@ -18,12 +18,17 @@ def register_conditions(register):
 
 @hookspec
 def register_datasets(register):
-    """Register dataset loaders: ``register(name, loader, description=...)``.
+    """Register dataset loaders: ``register(name, loader, description="", extends=None)``.
 
-    ``loader(split, root=None, download=False, **options) -> flowcond.datasets.ImageDataset``.
+    ``loader(split, root=None, download=False, **options) -> flowcond.datasets.ImageDataset``;
+    ``extends`` names the registered dataset whose images this one shares (adding labels).
     """
 
 
-@hookspec
+@hookspec(historic=True)
 def register_commands(cli):
-    """Add click commands to the ``flowcond`` CLI group ``cli``."""
+    """Add click commands to the ``flowcond`` CLI group ``cli``.
+
+    Historic: called once the group exists, and again for every plugin registered later
+    (``--plugins-dir``, tests), so their commands appear too.
+    """

@@ -5,7 +5,8 @@ tests can use them without importing anything:
 
 ``flowcond_plugins``
     A :class:`PluginSandbox`: installed plugins stay loaded, and whatever the test registers,
-    loads (``--plugins-dir``, ``sandbox.reload()``) or adds to the CLI is undone afterwards.
+    loads (``--plugins-dir``, ``sandbox.reload()``) or adds to the CLI is undone afterwards
+    (``flowcond.registry.default.snapshot()`` / ``restore()``).
 ``flowcond_no_plugins``
     The same, but starting from no plugins at all, with entry-point autoloading off.
 ``flowcond_register``
@@ -39,75 +40,62 @@ if TYPE_CHECKING:
 
     from flowcond.datasets import ImageDataset
     from flowcond.flow.backbone import Backbone
+    from flowcond.registry import PluginRegistry
 
 
 class PluginSandbox:
-    """Registrations made through it, or by anything during a test, are undone by :meth:`close`."""
+    """Registrations made through it, or by anything during a test, are undone by :meth:`close`.
 
-    def __init__(self, autoload: bool = True) -> None:
-        from flowcond import registry
+    Works on a :class:`flowcond.registry.PluginRegistry` (default: the one flowcond uses) through
+    its public API: :meth:`~flowcond.registry.PluginRegistry.snapshot` when created,
+    :meth:`~flowcond.registry.PluginRegistry.restore` when closed. Commands that plugins add to
+    the ``flowcond`` CLI group during the test are removed too.
+    """
 
-        self._plugins = registry
+    def __init__(self, autoload: bool = True, registry: PluginRegistry | None = None) -> None:
+        from flowcond import registry as registry_module
+
+        self.registry = registry if registry is not None else registry_module.default
+        if self.registry is registry_module.default:
+            # the CLI group exists (and has had its historic register_commands call) before the
+            # snapshot, so that plugins registered during the test add their commands to it
+            import flowcond.cli  # noqa: F401
         if autoload:
-            registry.load_entry_point_plugins()
-        self._saved = self._snapshot()
+            self.registry.load_entry_points()
+        self._saved = self.registry.snapshot()
+        cli = self._cli()
+        self._commands = dict(cli.commands) if cli is not None else None
         self._counter = 0
         if not autoload:
-            self.clear()
-            registry._loaded = True  # entry points are not loaded
+            self.registry.clear(autoload=False)  # and entry points are not loaded
 
     # ------------------------------------------------------------- state
     def _cli(self) -> Any:
         mod = sys.modules.get("flowcond.cli")
         return mod.cli if mod is not None else None
 
-    def _snapshot(self) -> dict[str, Any]:
-        p = self._plugins
-        cli = self._cli()
-        return {
-            "plugins": [(n, obj) for n, obj in p.pm.list_name_plugin() if obj is not None],
-            "loaded": p._loaded,
-            "dists": dict(p._dists),
-            "errors": list(p.load_errors),
-            "dir_files": dict(p._dir_files),
-            "commands": dict(cli.commands) if cli is not None else None,
-        }
-
     def clear(self) -> None:
         """Unregister every plugin and forget load errors (autoload state unchanged)."""
-        p = self._plugins
-        for name, obj in p.pm.list_name_plugin():
-            if obj is not None:
-                p.pm.unregister(obj, name=name)
-        p._dists.clear()
-        p._dir_files.clear()
-        p.load_errors.clear()
+        self.registry.clear()
 
     def close(self) -> None:
-        """Restore the plugin manager, load errors and CLI commands as they were before."""
-        p, s = self._plugins, self._saved
-        self.clear()
-        for name, obj in s["plugins"]:
-            p.pm.register(obj, name=name)
-        p._loaded = s["loaded"]
-        p._dists.update(s["dists"])
-        p._dir_files.update(s["dir_files"])
-        p.load_errors[:] = s["errors"]
+        """Restore the registry (plugins, load errors, autoload state) and the CLI commands."""
+        self.registry.restore(self._saved)
         cli = self._cli()
-        if cli is not None and s["commands"] is not None:
+        if cli is not None and self._commands is not None:
             cli.commands.clear()
-            cli.commands.update(s["commands"])
+            cli.commands.update(self._commands)
 
     # ------------------------------------------------------------- actions
     @property
     def pm(self) -> Any:
         """The pluggy PluginManager (``flowcond.registry.pm``)."""
-        return self._plugins.pm
+        return self.registry.pm
 
     @property
     def errors(self) -> list:
         """Plugin load and hook errors recorded so far (``flowcond.registry.load_errors``)."""
-        return self._plugins.load_errors
+        return self.registry.load_errors
 
     def register(self, plugin: Any, name: str | None = None) -> str:
         """Register a module, an object with hook implementations, or a ConditionKind subclass
@@ -120,31 +108,32 @@ class PluginSandbox:
         if name is None:
             self._counter += 1
             name = getattr(plugin, "__name__", None) or f"test-plugin-{self._counter}"
-        self._plugins._register(plugin, name)
-        return name
+        return self.registry.register(plugin, name)
 
     def unregister(self, name: str) -> None:
         """Unregister the plugin called ``name``."""
-        self.pm.unregister(name=name)
+        self.registry.unregister(name)
 
     def reload(self) -> None:
         """Forget every plugin and load the entry points again (reading ``FLOWCOND_LOAD_PLUGINS``
         and ``FLOWCOND_STRICT_PLUGINS`` as they are now)."""
-        self.clear()
-        self._plugins._loaded = False
-        self._plugins.load_entry_point_plugins()
+        self.registry.reload()
+
+    def load_plugins_dir(self, path: str | Path) -> list[str]:
+        """Load a ``--plugins-dir`` folder; returns the plugin names."""
+        return self.registry.load_plugins_dir(path)
 
     def names(self) -> list[str]:
         """Names of the registered plugins."""
-        return [n for n, obj in self.pm.list_name_plugin() if obj is not None]
+        return self.registry.names()
 
     def condition_kinds(self) -> dict[str, Any]:
         """``flowcond.registry.condition_kinds()``."""
-        return self._plugins.condition_kinds()
+        return self.registry.condition_kinds()
 
     def datasets(self) -> dict[str, Any]:
         """``flowcond.registry.datasets()``."""
-        return self._plugins.datasets()
+        return self.registry.datasets()
 
 
 class _KindPlugin:
@@ -153,7 +142,7 @@ class _KindPlugin:
     def __init__(self, kind: type) -> None:
         self.kind = kind
 
-    @pluggy.HookimplMarker("flowcond")  # = flowcond.hookimpl, without importing flowcond (torch)
+    @pluggy.HookimplMarker("flowcond")  # = flowcond.hookimpl, without importing flowcond here
     def register_conditions(self, register: Callable) -> None:
         register(self.kind)
 

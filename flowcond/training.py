@@ -1,11 +1,30 @@
-"""Run a block of CPU work with a chosen number of torch threads."""
+"""The pieces every trainer uses (backbone, attach, CGlow, evaluator), as plain functions.
+
+Each trainer is its own loop that reads top to bottom; what they share lives here:
+
+* :func:`torch_threads`: run the loop with a chosen number of torch threads;
+* :func:`optimizer_step`: backpropagate and step, or skip (and change nothing) when the loss or
+  the gradient norm is not finite; :class:`SkipBudget` counts the skips and stops a diverging run
+  with the trainer's own message;
+* :func:`progress_bar` (tqdm, off with ``progress=False``) and :class:`Stopwatch` (training
+  seconds, resumable, with pauses for evaluation);
+* :func:`checkpoint_path` and :func:`refuse_changes`, for checkpoints written and read with
+  :mod:`flowcond.io.checkpoint`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
+from flowcond.errors import ConfigError, FlowcondError
 
 
 @contextmanager
@@ -23,3 +42,122 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where the checkpoint of a run writing ``OUT.safetensors`` goes: ``OUT.ckpt.safetensors``."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    clip: float | None = None,
+) -> bool:
+    """Backpropagate ``loss`` into ``params``, clip their gradient norm to ``clip`` (``None``: no
+    clipping), step ``opt``; returns whether it stepped.
+
+    Returns ``False`` and updates nothing (weights and optimizer state untouched, gradients
+    cleared) when the loss or the gradient norm is not finite.
+    """
+    if not torch.isfinite(loss):
+        return False
+    params = list(params)
+    opt.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
+class SkipBudget:
+    """Counts skipped (non-finite) steps; more than ``limit`` raise ``FlowcondError(message(n))``."""
+
+    def __init__(self, limit: int, message: Callable[[int], str], skipped: int = 0) -> None:
+        self.limit = limit
+        self.message = message
+        self.skipped = skipped
+
+    def skip(self) -> None:
+        """Count one skipped step; raise when the budget is spent."""
+        self.skipped += 1
+        if self.skipped > self.limit:
+            raise FlowcondError(self.message(self.skipped))
+
+
+def progress_bar(total: int, desc: str, progress: bool = True, initial: int = 0, **options: Any) -> tqdm:
+    """A tqdm bar of ``total`` steps (drawn only when ``progress``); ``options`` go to tqdm."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=not progress, **options)
+
+
+class Stopwatch:
+    """Seconds spent training: ``start``/``stop`` around the loop, ``paused()`` for evaluation.
+
+    Starts from ``seconds`` (those of a resumed checkpoint).
+    """
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self._total = seconds
+        self._since: float | None = None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> float:
+        """Stop counting; returns :attr:`seconds`."""
+        if self._since is not None:
+            self._total += time.perf_counter() - self._since
+            self._since = None
+        return self._total
+
+    @property
+    def seconds(self) -> float:
+        """Seconds counted so far, including the running span."""
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self._total + running
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Do not count the block (evaluation, callbacks)."""
+        was_running = self._since is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if was_running:
+                self.start()
+
+
+def changed_fields(
+    old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str] | None = None
+) -> list[str]:
+    """The ``keys`` (default: all of ``old``) whose value in ``old`` differs from ``new``'s.
+
+    A key ``old`` does not have (a checkpoint written before it existed) is not a change.
+    """
+    return [k for k in (old if keys is None else keys) if k in old and old[k] != new.get(k)]
+
+
+def refuse_changes(
+    path: str | Path,
+    what: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    keys: Iterable[str] | None = None,
+) -> None:
+    """Raise a one-line :class:`ConfigError` naming the fields of ``what`` in which a checkpoint
+    (``old``) and this run (``new``) differ; nothing when they agree (see :func:`changed_fields`)."""
+    changed = changed_fields(old, new, keys)
+    if changed:
+        was = ", ".join(f"{k}={old[k]!r}" for k in changed)
+        now = ", ".join(f"{k}={new.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"{path}: the checkpoint was written for {what} {was} (now {now}); resume with the "
+            f"same options or choose another --out"
+        )

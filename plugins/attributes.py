@@ -8,15 +8,16 @@ attribute and their mean.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowcond import hookimpl
 from flowcond.conditions import ConditionKind, label_field
 from flowcond.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `flowcond --help` imports every plugin
+    import torch
 
 
 def _key(name: str) -> str:
@@ -68,6 +69,8 @@ class Attributes(ConditionKind):
 
     @classmethod
     def from_dataset(cls, options: BaseModel | dict[str, Any] | None, dataset: Any) -> Attributes:
+        import torch
+
         opts = cls.parse_options(options)
         f = label_field(cls.name, dataset, "binary", opts.field)
         all_names = list(f.names) if f.names else [str(i) for i in range(f.size)]
@@ -109,6 +112,8 @@ class Attributes(ConditionKind):
     @property
     def frequencies(self) -> torch.Tensor:
         """Per-attribute frequency of 'on' in the dataset (the prior)."""
+        import torch
+
         return torch.tensor(self.state_dict_["frequencies"], dtype=torch.float32)
 
     # ---------------------------------------------------------------- targets
@@ -122,6 +127,8 @@ class Attributes(ConditionKind):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Each attribute independently on with its dataset frequency."""
+        import torch
+
         return torch.bernoulli(self.frequencies.expand(n, -1), generator=generator)
 
     def _set(self, target: torch.Tensor, value: str, allow_empty: bool) -> torch.Tensor:
@@ -141,6 +148,8 @@ class Attributes(ConditionKind):
 
     def parse(self, value: str) -> torch.Tensor:
         """Multi-hot with the listed attributes on and all others off."""
+        import torch
+
         return self._set(torch.zeros(self.target_shape), value, allow_empty=True)
 
     def edit(self, target: torch.Tensor, value: str) -> torch.Tensor:
@@ -162,6 +171,8 @@ class Attributes(ConditionKind):
         return len(self.names)
 
     def loss(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.binary_cross_entropy_with_logits(head_out, targets.float())
 
     def predict(self, head_out: torch.Tensor) -> torch.Tensor:

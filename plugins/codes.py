@@ -7,14 +7,15 @@ Uniform(-1, 1), MSE head. ``distribution='binomial'``: discrete codes in {0, 1},
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowcond import hookimpl
 from flowcond.conditions import ConditionKind
+
+if TYPE_CHECKING:  # torch is imported where it is used: `flowcond --help` imports every plugin
+    import torch
 
 
 class CodesOptions(BaseModel):
@@ -60,6 +61,8 @@ class Codes(ConditionKind):
         return (self.options.n,)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
         if self.continuous:
             return torch.rand(n, self.options.n, generator=generator) * 2 - 1
         return torch.bernoulli(torch.full((n, self.options.n), 0.5), generator=generator)
@@ -79,6 +82,8 @@ class Codes(ConditionKind):
         parts = value.split(",")
         if len(parts) != self.options.n:
             raise self.parse_error(value, f"{len(parts)} number(s) for {self.options.n} code(s)")
+        import torch
+
         return torch.tensor([self._value(p, value) for p in parts], dtype=torch.float32)
 
     def edit(self, target: torch.Tensor, value: str) -> torch.Tensor:
@@ -108,6 +113,8 @@ class Codes(ConditionKind):
         return self.options.n
 
     def loss(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         if self.continuous:
             return F.mse_loss(head_out, targets.float())
         return F.binary_cross_entropy_with_logits(head_out, targets.float())
@@ -118,6 +125,8 @@ class Codes(ConditionKind):
         return (head_out > 0).float()
 
     def metrics(self, head_out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        import torch.nn.functional as F
+
         if self.continuous:
             return {"mse": F.mse_loss(self.predict(head_out), targets.float()).item()}
         return {"accuracy": (self.predict(head_out) == targets.float()).float().mean().item()}

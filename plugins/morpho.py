@@ -10,6 +10,9 @@ median digit".
 Measures are computed once per image set and cached in
 ``$FLOWCOND_CACHE/morpho`` (default ``~/.cache/flowcond/morpho``), keyed by a SHA-256 of the
 images and the measuring options; the cache file is written atomically.
+
+numpy, scipy and torch are imported when the dataset is loaded, not with this module
+(``flowcond --help`` imports every plugin).
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from flowcond import hookimpl
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import FileFormatError
 from flowcond.io import safefile
 from flowcond.io.cache import cache_root
-from flowcond.paper.morpho import DEFAULTS, MEASURES, MORPHO_VERSION, as_array, measure
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 ATTRIBUTE_NAMES = ["thick", "slanted", "wide", "tall"]
 CACHE_KIND = "morpho-cache"
@@ -38,7 +42,16 @@ def default_cache_dir() -> Path:
     return cache_root() / "morpho"
 
 
+def measure(images: torch.Tensor, **options: object) -> dict[str, np.ndarray]:
+    """:func:`flowcond.paper.morpho.measure` (imported on first use: it needs numpy and scipy)."""
+    from flowcond.paper import morpho
+
+    return morpho.measure(images, **options)
+
+
 def _images(ds: ImageDataset) -> torch.Tensor:
+    import torch
+
     if isinstance(ds.images, torch.Tensor):
         return ds.images
     return torch.stack([ds[i][0] for i in range(len(ds))])
@@ -48,6 +61,10 @@ def cached_measures(
     ds: ImageDataset, cache_dir: str | os.PathLike | None = None, use_cache: bool = True
 ) -> np.ndarray:
     """Morphometrics of every image of ``ds``, float64 (N, 4) in ``MEASURES`` order, cached."""
+    import torch
+
+    from flowcond.paper.morpho import DEFAULTS, MEASURES, MORPHO_VERSION, as_array
+
     images = _images(ds).detach().to("cpu", torch.float32).contiguous()
     options = {**DEFAULTS, "version": MORPHO_VERSION}
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
@@ -80,11 +97,20 @@ def cached_measures(
 
 
 def medians_of(values: np.ndarray) -> dict[str, float]:
+    import numpy as np
+
+    from flowcond.paper.morpho import MEASURES
+
     return {m: float(np.nanmedian(values[:, j])) for j, m in enumerate(MEASURES)}
 
 
 def with_morpho_labels(ds: ImageDataset, train: ImageDataset, name: str, cache: bool = True) -> ImageDataset:
     """``ds`` plus ``attributes`` (binarized at ``train``'s medians) and raw ``morphometrics``."""
+    import numpy as np
+    import torch
+
+    from flowcond.paper.morpho import DEFAULTS, MEASURES, MORPHO_VERSION
+
     train_values = cached_measures(train, use_cache=cache)
     values = train_values if ds is train else cached_measures(ds, use_cache=cache)
     medians = medians_of(train_values)

@@ -9,8 +9,9 @@ encode the dataset once into the latent cache, then alternate
   pairwise feature matching ``L_FM`` (Eq. 14) between each real latent and a latent generated with
   the same conditions;
 
-weighted by ``lambdas`` (Eq. 15). Checkpoints every ``checkpoint_every`` steps hold the weights,
-both optimizers and the random generator, so ``resume`` continues exactly.
+weighted by ``lambdas`` (Eq. 15); the losses are in :mod:`flowcond.caglow.losses`. Checkpoints
+every ``checkpoint_every`` steps hold the weights, both optimizers and the random generator, so
+``resume`` continues exactly; a checkpoint of another backbone or other options is refused.
 """
 
 from __future__ import annotations
@@ -21,25 +22,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from flowcond import registry
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
 from flowcond.caglow.latents import LatentCache
-from flowcond.datasets import load_dataset
+from flowcond.caglow.losses import encoder_losses, supervision_losses, weighted_sum
+from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, FlowcondError
 from flowcond.flow.backbone import Backbone
-from flowcond.io import safefile
-from flowcond.training import torch_threads
+from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from flowcond.training import (
+    SkipBudget,
+    Stopwatch,
+    checkpoint_path,
+    optimizer_step,
+    progress_bar,
+    refuse_changes,
+    torch_threads,
+)
+
+__all__ = ["AttachConfig", "attach", "build_kinds", "checkpoint_path", "evaluate_heads"]
 
 CHECKPOINT_KIND = "heads-checkpoint"
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
+#: attach options a resumed run may change: the number of steps, checkpointing, threads and where
+#: data and cache live (every other one must be the checkpoint's, as must the backbone)
+MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "threads", "root", "download", "cache_dir")
+RESUME_KEYS = tuple(k for k in AttachConfig.model_fields if k not in MAY_CHANGE_ON_RESUME)
 
 
 def build_kinds(config: AttachConfig, dataset: Any) -> dict:
@@ -61,106 +70,6 @@ def build_kinds(config: AttachConfig, dataset: Any) -> dict:
                 f"{dataset.spec.get('name')!r}: {type(e).__name__}: {e}"
             ) from e
     return kinds
-
-
-def _losses(heads: Heads, outs: dict, targets: dict, supervised: bool) -> torch.Tensor:
-    """Sum of the heads' losses of the supervised (Eq. 12) or unsupervised (Eq. 13) kinds."""
-    total = torch.zeros(())
-    for name, kind in heads.kinds.items():
-        if kind.supervised == supervised:
-            total = total + kind.loss(outs[name], targets[name])
-    return total
-
-
-def supervision_losses(
-    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
-) -> dict[str, torch.Tensor]:
-    """Losses of the supervision block's step: ``Di`` (Eq. 11: real vs generated), ``C`` (Eq. 12 on
-    real latents, supervised kinds) and ``De`` (Eq. 13: code decoders on generated latents)."""
-    _, d_real, h_real = heads.supervise(z_real, targets)
-    _, d_fake, h_fake = heads.supervise(fake, targets)
-    l_di = F.binary_cross_entropy_with_logits(
-        d_real, torch.ones_like(d_real)
-    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-    return {
-        "Di": l_di,
-        "C": _losses(heads, h_real, targets, supervised=True),
-        "De": _losses(heads, h_fake, targets, supervised=False),
-    }
-
-
-def encoder_losses(
-    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: dict
-) -> dict[str, torch.Tensor]:
-    """Losses of the encoder's step: ``E`` (Eq. 10, non-saturating ``-log D(E(c, eps))``), ``C``
-    and ``De`` on generated latents (Eq. 12, 13), and ``FM`` (Eq. 14): squared L2 between trunk
-    features of each real latent and of the latent generated with the same conditions."""
-    with torch.no_grad():
-        f_real = heads.supervise(z_real, targets)[0]
-    f_fake, d_fake, h_fake = heads.supervise(fake, targets)
-    return {
-        "E": F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)),
-        "C": _losses(heads, h_fake, targets, supervised=True),
-        "De": _losses(heads, h_fake, targets, supervised=False),
-        "FM": _feature_matching(f_fake, f_real, heads.config.feature_matching),
-        "MM": (fake.mean(0) - z_real.mean(0)).pow(2).mean() + (fake.std(0) - z_real.std(0)).pow(2).mean(),
-    }
-
-
-def _feature_matching(f_fake: torch.Tensor, f_real: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "mean":
-        return (f_fake.mean(0) - f_real.mean(0)).pow(2).mean()
-    return (f_fake - f_real).pow(2).sum(1).mean() / f_fake.shape[1]
-
-
-def _finite_step(
-    loss: torch.Tensor,
-    opt: torch.optim.Optimizer,
-    params: list,
-    state: dict,
-    config: AttachConfig,
-    ckpt: Path,
-) -> bool:
-    """Backpropagate ``loss`` into ``params`` and step, unless it is non-finite (then count a skip)."""
-    if not torch.isfinite(loss):
-        state["skipped"] += 1
-        if state["skipped"] > max(10, config.steps // 10):
-            raise FlowcondError(
-                f"attach diverged: {state['skipped']} non-finite steps; lower --lr; "
-                f"the last good checkpoint is {ckpt}"
-            )
-        return False
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    opt.step()
-    return True
-
-
-def _save_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator, state: dict) -> None:
-    tensors = {f"heads.{k}": v for k, v in heads.state_dict().items()}
-    groups = {}
-    for tag, opt in (("e", opt_e), ("d", opt_d)):
-        sd = opt.state_dict()
-        groups[tag] = sd["param_groups"]
-        for idx, st in sd["state"].items():
-            for key, val in st.items():
-                tensors[f"optim_{tag}.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    tensors["rng"] = g.get_state()
-    safefile.write(path, tensors, {"kind": CHECKPOINT_KIND, "param_groups": groups, **state})
-
-
-def _load_checkpoint(path: Path, heads: Heads, opt_e, opt_d, g: torch.Generator) -> dict:
-    tensors, header = safefile.read(path, CHECKPOINT_KIND)
-    heads.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("heads.")})
-    for tag, opt in (("e", opt_e), ("d", opt_d)):
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith(f"optim_{tag}."):
-                _, idx, key = k.split(".", 2)
-                state.setdefault(int(idx), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": header["param_groups"][tag]})
-    g.set_state(tensors["rng"])
-    return header
 
 
 @torch.no_grad()
@@ -201,16 +110,7 @@ def attach(
         backbone_path = str(backbone)
         backbone = Backbone.load(backbone)
     backbone.freeze()
-    dataset_name = config.dataset or (backbone.metadata.get("dataset") or {}).get("name")
-    if not dataset_name:
-        raise ConfigError("the backbone file names no training dataset: pass --dataset")
-    train = load_dataset(dataset_name, "train", root=config.root, download=config.download)
-    test = load_dataset(dataset_name, "test", root=config.root, download=config.download)
-    if tuple(train.image_shape) != backbone.image_shape:
-        raise ConfigError(
-            f"dataset {dataset_name!r} has images {tuple(train.image_shape)}, the backbone "
-            f"expects {backbone.image_shape}"
-        )
+    train, test = _datasets(backbone, config)
     kinds = build_kinds(config, train)
 
     # the latent cache: the real samples p*(z) = F(x), computed once per backbone and dataset
@@ -230,47 +130,41 @@ def attach(
     sup_params = list(heads.supervision.parameters())
     opt_d = torch.optim.Adam(sup_params, lr=config.lr, betas=(config.beta1, 0.999))
     g = torch.Generator().manual_seed(config.seed)
+    parts: dict[str, Any] = {
+        "modules": {"heads": heads},
+        "optimizers": {"optim_e": opt_e, "optim_d": opt_d},
+        "generators": {"rng": g},
+    }
     ckpt = checkpoint_path(out)
+    bb_hash = backbone.content_hash
     state: dict[str, Any] = {"step": 0, "skipped": 0, "train_seconds": 0.0}
     if resume and ckpt.exists():
-        header = _load_checkpoint(ckpt, heads, opt_e, opt_d, g)
-        state = {k: header[k] for k in state}
+        state = _resume(ckpt, config, bb_hash, parts, tuple(state))
+    budget = SkipBudget(
+        max(10, config.steps // 10),
+        lambda n: f"attach diverged: {n} non-finite steps; lower --lr; the last good checkpoint is {ckpt}",
+        skipped=state["skipped"],
+    )
 
     lam = config.lambdas
-    n, B = len(z_all), config.batch_size
     heads.train()
-    bar = tqdm(
-        range(state["step"], config.steps),
-        initial=state["step"],
-        total=config.steps,
-        desc="attach",
-        disable=not progress,
-    )
-    t_loop = time.perf_counter()
+    bar = progress_bar(config.steps, "attach", progress, initial=state["step"])
+    clock = Stopwatch(state["train_seconds"])
+    clock.start()
     with torch_threads(config.threads):
-        for step in bar:
-            idx = torch.randint(n, (B,), generator=g)
-            z_real = z_all[idx]
-            targets = {}
-            for name, kind in kinds.items():
-                targets[name] = (
-                    kind.targets({k: v[idx] for k, v in labels_all.items()})
-                    if kind.supervised
-                    else kind.sample_prior(B, g)
-                )
+        for step in range(state["step"], config.steps):
+            bar.update()
+            z_real, targets = _batch(z_all, labels_all, kinds, config.batch_size, g)
             c = heads.condition_input(targets)
-            eps, eps_res = heads.noise(B, 1.0, g)
-
+            eps, eps_res = heads.noise(config.batch_size, 1.0, g)
             fake = heads.generate_from_input(c, eps, eps_res)
             ld = supervision_losses(heads, z_real, fake.detach(), targets)
-            loss_d = lam.Di * ld["Di"] + lam.C * ld["C"] + lam.De * ld["De"]
-            if not _finite_step(loss_d, opt_d, sup_params, state, config, ckpt):
+            if not optimizer_step(weighted_sum(ld, lam), opt_d, sup_params):
+                budget.skip()
                 continue
             le = encoder_losses(heads, z_real, fake, targets)  # against the updated block
-            loss_e = (
-                lam.E * le["E"] + lam.C * le["C"] + lam.De * le["De"] + lam.FM * le["FM"] + lam.MM * le["MM"]
-            )
-            if not _finite_step(loss_e, opt_e, enc_params, state, config, ckpt):
+            if not optimizer_step(weighted_sum(le, lam), opt_e, enc_params):
+                budget.skip()
                 continue
             state["step"] = step + 1
             if step % 25 == 0:
@@ -282,13 +176,11 @@ def attach(
                     FM=f"{le['FM'].item():.3f}",
                 )
             if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
-                state["train_seconds"] += time.perf_counter() - t_loop
-                t_loop = time.perf_counter()
-                _save_checkpoint(
-                    ckpt, heads, opt_e, opt_d, g, {**state, "attach_config": config.model_dump()}
-                )
+                state["skipped"], state["train_seconds"] = budget.skipped, clock.seconds
+                extra = {"attach_config": config.model_dump(), "backbone_hash": bb_hash}
+                save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
         bar.close()
-    state["train_seconds"] += time.perf_counter() - t_loop
+    state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
 
     heads.eval()
     metrics = evaluate_heads(heads, z_test, labels_test, seed=config.seed + 1)
@@ -303,6 +195,52 @@ def attach(
     }
     heads.save(out, backbone_path=_relative_backbone_path(backbone_path, out), summary=summary)
     return heads, summary
+
+
+def _datasets(backbone: Backbone, config: AttachConfig) -> tuple[ImageDataset, ImageDataset]:
+    """Train and test split of the dataset to attach on (default: the backbone's)."""
+    name = config.dataset or (backbone.metadata.get("dataset") or {}).get("name")
+    if not name:
+        raise ConfigError("the backbone file names no training dataset: pass --dataset")
+    train = load_dataset(name, "train", root=config.root, download=config.download)
+    test = load_dataset(name, "test", root=config.root, download=config.download)
+    if tuple(train.image_shape) != backbone.image_shape:
+        raise ConfigError(
+            f"dataset {name!r} has images {tuple(train.image_shape)}, the backbone "
+            f"expects {backbone.image_shape}"
+        )
+    return train, test
+
+
+def _resume(
+    ckpt: Path, config: AttachConfig, bb_hash: str, parts: dict[str, Any], keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """Restore heads, optimizers and generator from ``ckpt``; return its ``keys`` of the state.
+
+    Refuses (one-line :class:`ConfigError`) a checkpoint of another backbone or other options.
+    """
+    old = checkpoint_state(ckpt, CHECKPOINT_KIND)
+    if "backbone_hash" in old:  # older checkpoints did not record it
+        refuse_changes(ckpt, "backbone", {"hash": old["backbone_hash"][:16]}, {"hash": bb_hash[:16]})
+    old_config = old.get("attach_config") or {}
+    refuse_changes(ckpt, "attach options", old_config, config.model_dump(), RESUME_KEYS)
+    header = load_checkpoint(ckpt, CHECKPOINT_KIND, **parts, require=keys)
+    return {k: header[k] for k in keys}
+
+
+def _batch(
+    z_all: torch.Tensor, labels_all: dict, kinds: dict, n: int, g: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``n`` real latents drawn with replacement, and the targets of every plugin: the real labels
+    for supervised kinds, draws from the prior for unsupervised ones (codes)."""
+    idx = torch.randint(len(z_all), (n,), generator=g)
+    targets = {}
+    for name, kind in kinds.items():
+        if kind.supervised:
+            targets[name] = kind.targets({k: v[idx] for k, v in labels_all.items()})
+        else:
+            targets[name] = kind.sample_prior(n, g)
+    return z_all[idx], targets
 
 
 def _relative_backbone_path(backbone_path: str | None, out: str | os.PathLike) -> str | None:

@@ -33,10 +33,16 @@ class AttachConfig(BaseModel):
     plugins: list[str] = Field(min_length=1)
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     dataset: str | None = Field(None, description="default: the dataset the backbone was trained on")
-    root: str | None = None
+    root: str | None = Field(None, description="data folder for on-disk datasets")
     download: bool = False
-    encoder: Literal["auto", "mlp", "conv"] = "auto"
-    supervision: Literal["auto", "mlp", "conv"] = "auto"
+    encoder: Literal["auto", "mlp", "conv"] = Field(
+        "auto",
+        description="encoder E architecture; auto: MLP for latents of up to 4096 dimensions, "
+        "else convolutional",
+    )
+    supervision: Literal["auto", "mlp", "conv"] = Field(
+        "auto", description="supervision block architecture (auto as for encoder)"
+    )
     hidden: int = Field(64, ge=1, description="encoder hidden units (paper MNIST: 64)")
     trunk_hidden: int = Field(64, ge=1, description="supervision trunk units (paper MNIST: 64)")
     noise_dim: int = Field(64, ge=1)
@@ -49,9 +55,9 @@ class AttachConfig(BaseModel):
     conditional_discriminator: bool = Field(
         False, description="projection discriminator D(z, c) on supervised conditions (paper: D(z))"
     )
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(3000, ge=1, description="training steps (D and E updates)")
     batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate")
     beta1: float = 0.5
     lambdas: Lambdas = Field(default_factory=Lambdas)
     seed: int = 0
@@ -62,4 +68,6 @@ class AttachConfig(BaseModel):
         description="torch CPU threads for the training loop (its small MLPs run best on one; "
         "more threads on a busy machine can be 10x slower); None keeps torch's setting",
     )
-    cache_dir: str | None = None
+    cache_dir: str | None = Field(
+        None, description="latent cache folder; default: $FLOWCOND_CACHE/latents or ~/.cache/flowcond/latents"
+    )

@@ -160,7 +160,7 @@ class Heads(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Latents -> images through the frozen backbone, in batches."""
-        return torch.cat([self.backbone.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+        return self.backbone.decode_in_batches(z, batch_size)
 
     @torch.no_grad()
     def sample(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +103,7 @@ class LatentCache:
         with torch.inference_mode():
             for start in range(0, len(dataset), batch_size):
                 idx = range(start, min(start + batch_size, len(dataset)))
-                if isinstance(dataset.images, torch.Tensor):
-                    x = dataset.images[start : idx.stop]
-                else:
-                    x = torch.stack([dataset[i][0] for i in idx])
+                x = dataset.images_at(slice(start, idx.stop))
                 buf_z.append(backbone.encode(x.to(device)).float().cpu())
                 for k in buf_labels:
                     buf_labels[k].append(dataset.labels[k][start : idx.stop])
@@ -127,7 +123,7 @@ class LatentCache:
         return tensors["z"], labels
 
     def load_all(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Every latent and label in memory (fine for MNIST-size data; see :meth:`stream`)."""
+        """Every latent and label in memory (fine for MNIST-size data)."""
         zs, labels = [], {}
         for i in range(len(self.shards)):
             z, lab = self.load_shard(i)
@@ -135,13 +131,3 @@ class LatentCache:
             for k, v in lab.items():
                 labels.setdefault(k, []).append(v)
         return torch.cat(zs), {k: torch.cat(v) for k, v in labels.items()}
-
-    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, dict]]:
-        """Endless shuffled batches, one shard in memory at a time (for data larger than memory)."""
-        while True:
-            for i in torch.randperm(len(self.shards), generator=generator).tolist():
-                z, labels = self.load_shard(i)
-                order = torch.randperm(len(z), generator=generator)
-                for s in range(0, len(z) - batch_size + 1, batch_size):
-                    idx = order[s : s + batch_size]
-                    yield z[idx], {k: v[idx] for k, v in labels.items()}

@@ -1,10 +1,26 @@
-"""The ``flowcond`` command group. Commands live in ``cli_*.py`` modules, one topic each."""
+"""The ``flowcond`` command group. Commands live in one module per command group:
+
+- :mod:`flowcond.cli.backbone`: ``train-backbone``, ``info``
+- :mod:`flowcond.cli.attach`: ``attach``
+- :mod:`flowcond.cli.generate`: ``sample``, ``interpolate``, ``explore``, ``manipulate``
+- :mod:`flowcond.cli.paper`: ``evaluate``, ``train-evaluator``
+- :mod:`flowcond.cli.plugins`: ``plugins``
+
+Those modules import only click, pydantic and the torch-free config models; each command imports
+what it runs (torch, normflows) inside its function, so ``flowcond --help``, ``flowcond
+plugins``, ``flowcond info FILE`` and ``flowcond CMD --help`` never import torch. Option defaults
+come from the config models (:mod:`flowcond.cli.options`).
+
+Plugins add commands with the historic hook ``register_commands``: it is called once the group
+exists, and for every plugin registered later (``--plugins-dir``, tests).
+"""
 
 from __future__ import annotations
 
 import click
 
 from flowcond import registry
+from flowcond.cli import attach, backbone, generate, paper, plugins
 from flowcond.errors import FlowcondError
 
 
@@ -23,13 +39,12 @@ class _Group(click.Group):
 
 
 def _load_plugins_dir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    # the group is still parsing: the plugins' commands (historic register_commands) count
     for folder in value:
         try:
-            names = registry.load_plugins_dir(folder)
+            registry.load_plugins_dir(folder)
         except FlowcondError as e:
             raise click.BadParameter(str(e), ctx=ctx, param=param) from None
-        # commands of folder plugins: the group is still parsing, so they can be added now
-        registry.call_hook("register_commands", only=names, cli=ctx.command)
 
 
 @click.group(cls=_Group)
@@ -47,13 +62,8 @@ def cli() -> None:
     """flowcond: make a frozen, pretrained Glow controllable (CAGlow)."""
 
 
-def _add_commands() -> None:
-    from flowcond.cli import backbone, evaluate, evaluator, heads, plugins
+for _module in (backbone, plugins, attach, generate, paper):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
-    for module in (backbone, plugins, heads, evaluator, evaluate):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    registry.call_hook("register_commands", cli=cli)
-
-
-_add_commands()
+registry.call_historic("register_commands", cli=cli)

@@ -1,4 +1,4 @@
-"""`flowcond plugins`: list installed plugins and what they register."""
+"""``flowcond plugins``: list installed plugins and what they register."""
 
 from __future__ import annotations
 

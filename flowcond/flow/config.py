@@ -19,7 +19,7 @@ class BackboneConfig(BaseModel):
     steps: int = Field(10, ge=1, description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
     hidden: int = Field(128, ge=1, description="hidden channels of each coupling network")
     n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
-    coupling: Literal["affine", "additive"] = "affine"
+    coupling: Literal["affine", "additive"] = Field("affine", description="coupling layer type")
     scale_map: Literal["softclamp", "sigmoid"] = Field(
         "softclamp",
         description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding) or Glow's "
@@ -67,9 +67,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = "mnist5k"
-    root: str | None = None
-    download: bool = False
+    dataset: str = Field("mnist5k", description="registered dataset name (flowcond plugins --all)")
+    root: str | None = Field(None, description="data folder for on-disk datasets (mnist, celeba, folder)")
+    download: bool = Field(False, description="let torchvision download the dataset into root")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -11,9 +11,8 @@ Every epoch draws its shuffling and dequantization noise from a generator seeded
 from __future__ import annotations
 
 import math
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,26 @@ import torch
 from tqdm.auto import tqdm
 
 from flowcond.datasets import ImageDataset, load_dataset
-from flowcond.errors import ConfigError, FileFormatError, FlowcondError
+from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig, TrainConfig
-from flowcond.flow.fast import retain_freed_memory
+from flowcond.flow.fast_ops import retain_freed_memory
 from flowcond.io import safefile
-from flowcond.training import torch_threads
+from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from flowcond.training import (
+    SkipBudget,
+    Stopwatch,
+    checkpoint_path,
+    optimizer_step,
+    progress_bar,
+    refuse_changes,
+    torch_threads,
+)
 
 CHECKPOINT_KIND = "backbone-checkpoint"
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
-
-
-def _batches(ds: ImageDataset, batch_size: int, order: torch.Tensor) -> Iterator[torch.Tensor]:
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        if isinstance(ds.images, torch.Tensor):
-            yield ds.images[idx]
-        else:
-            yield torch.stack([ds[int(i)][0] for i in idx])
+#: training options a resumed run must share with its checkpoint
+RESUME_CHECKS = ("dataset", "batch_size", "seed", "optimizer")
+STATE_KEYS = ("epoch", "step", "skipped", "history", "train_seconds")
 
 
 def _outliers(stats: dict[str, float | int]) -> str:
@@ -69,7 +66,8 @@ def bpd_per_image(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
-    for x in _batches(ds, batch_size, torch.arange(len(ds))):
+    for start in range(0, len(ds), batch_size):
+        x = ds.images_at(slice(start, start + batch_size))
         noise = torch.rand(x.shape, generator=g)
         out.append(model.bits_per_dim(x.to(model.device), noise.to(model.device)).double().cpu())
     model.train(was_training)
@@ -99,55 +97,21 @@ def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
 
 
-def _save_checkpoint(path: Path, model: Backbone, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v for k, v in model.flow.state_dict().items()}
-    opt_sd = opt.state_dict()
-    for idx, st in opt_sd["state"].items():
-        for key, val in st.items():
-            tensors[f"optim.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    header = {"kind": CHECKPOINT_KIND, "param_groups": opt_sd["param_groups"], **state}
-    safefile.write(path, tensors, header)
-
-
-def _load_checkpoint(
-    path: Path, model: Backbone, opt: torch.optim.Optimizer, bcfg: BackboneConfig, cfg: TrainConfig
-) -> dict[str, Any]:
-    tensors, header = safefile.read(path, CHECKPOINT_KIND)
+def _resume(
+    ckpt: Path, model: Backbone, opt: torch.optim.Optimizer, bcfg: BackboneConfig, cfg: TrainConfig
+) -> dict:
+    """Restore model and optimizer from ``ckpt``; refuse one of another config or run."""
+    header = checkpoint_state(ckpt, CHECKPOINT_KIND)
     try:
         written_for = BackboneConfig.from_header(header.get("config"))
     except (TypeError, ValueError) as e:
         raise FileFormatError(
-            path, f"invalid backbone config in checkpoint: {safefile.one_line(e)}"
+            ckpt, f"invalid backbone config in checkpoint: {safefile.one_line(e)}"
         ) from None
-    if written_for != bcfg:
-        changed = {k: v for k, v in written_for.model_dump().items() if bcfg.model_dump()[k] != v}
-        raise ConfigError(
-            f"{path}: the checkpoint was written for backbone config {changed} (now "
-            f"{ {k: getattr(bcfg, k) for k in changed} }); resume with the same options or "
-            f"choose another --out"
-        )
+    refuse_changes(ckpt, "backbone config", written_for.model_dump(), bcfg.model_dump())
     old_train = header.get("train_config") or {}
-    for key in ("dataset", "batch_size", "seed", "optimizer"):
-        if key in old_train and old_train[key] != getattr(cfg, key):
-            raise ConfigError(
-                f"{path}: the checkpoint was trained with {key}={old_train[key]!r}, not "
-                f"{getattr(cfg, key)!r}; resume with the same value or choose another --out"
-            )
-    try:
-        model.flow.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                state.setdefault(int(idx), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
-        needed = ("epoch", "step", "skipped", "history", "train_seconds")
-        missing = [k for k in needed if k not in header]
-        if missing:
-            raise KeyError(", ".join(missing))
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise FileFormatError(path, f"invalid checkpoint: {safefile.one_line(e)}") from None
-    return header
+    refuse_changes(ckpt, "training options", old_train, cfg.model_dump(), RESUME_CHECKS)
+    return load_checkpoint(ckpt, CHECKPOINT_KIND, {"model": model.flow}, {"optim": opt}, require=STATE_KEYS)
 
 
 def train_step(
@@ -168,15 +132,8 @@ def train_step(
     for group in opt.param_groups:
         group["lr"] = lr
     loss = loss_fn(x, noise) if loss_fn is not None else model.bits_per_dim(x, noise).mean()
-    if not torch.isfinite(loss):
+    if not optimizer_step(loss, opt, list(model.parameters()), clip):
         return None
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    if not torch.isfinite(grad_norm):
-        opt.zero_grad(set_to_none=True)
-        return None
-    opt.step()
     return float(loss.detach())
 
 
@@ -195,7 +152,7 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             f"expects {bcfg.image_shape}"
         )
     if cfg.fast:
-        retain_freed_memory()  # fewer page faults: see flowcond.flow.fast.retain_freed_memory
+        retain_freed_memory()  # fewer page faults: see flowcond.flow.fast_ops.retain_freed_memory
     torch.manual_seed(cfg.seed)
     model = Backbone(bcfg)
     model.fast = cfg.fast
@@ -203,46 +160,43 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
     ckpt = checkpoint_path(cfg.out)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
     if cfg.resume and ckpt.exists():
-        header = _load_checkpoint(ckpt, model, opt, bcfg, cfg)
+        header = _resume(ckpt, model, opt, bcfg, cfg)
         state = {k: header[k] for k in state}
     else:
         g0 = torch.Generator().manual_seed(cfg.seed)
         first = torch.randperm(len(train), generator=g0)[: max(cfg.batch_size, 256)]
-        model.initialize(next(_batches(train, len(first), first)))
+        model.initialize(train.images_at(first))
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     loss_fn = CompiledLoss(model) if cfg.compile else None
+    clock = Stopwatch(state["train_seconds"])
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):
         if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
             break
-        t0 = time.perf_counter()
+        clock.start()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=g)
-        bar = tqdm(
-            _batches(train, cfg.batch_size, order),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-        )
-        skipped_epoch, losses = 0, []
-        for x in bar:
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, leave=False)
+        budget = SkipBudget(steps_per_epoch // 2, lambda n, e=epoch: _diverged(e, n, ckpt))
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
+            x = train.images_at(order[start : start + cfg.batch_size])
             noise = torch.rand(x.shape, generator=g)
             lr = learning_rate(cfg, state["step"], steps_per_epoch)
             loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip, loss_fn)
+            bar.update()
             if loss is None:
-                skipped_epoch += 1
-                if skipped_epoch > steps_per_epoch // 2:
-                    raise FlowcondError(_diverged(epoch, skipped_epoch, ckpt))
+                budget.skip()
                 continue
             state["step"] += 1
             losses.append(loss)
             bar.set_postfix(bpd=f"{loss:.3f}", lr=f"{lr:.1e}")
-        state["skipped"] += skipped_epoch
-        state["train_seconds"] += time.perf_counter() - t0
+        bar.close()
+        state["train_seconds"] = clock.stop()
+        state["skipped"] += budget.skipped
         stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
         train_bpd = sum(losses) / max(len(losses), 1)
         state["history"].append(
@@ -252,20 +206,33 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
                 "test_bpd": stats["mean"],
                 "test_median_bpd": stats["median"],
                 "test_worse_than_uniform": stats["worse_than_uniform"],
-                "skipped": skipped_epoch,
+                "skipped": budget.skipped,
             }
         )
         state["epoch"] = epoch + 1
         tqdm.write(
             f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
             + _outliers(stats)
-            + (f", {skipped_epoch} non-finite batches skipped" if skipped_epoch else "")
+            + (f", {budget.skipped} non-finite batches skipped" if budget.skipped else "")
         )
-        _save_checkpoint(
-            ckpt, model, opt, {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump()}
+        save_checkpoint(
+            ckpt,
+            CHECKPOINT_KIND,
+            {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump()},
+            modules={"model": model.flow},
+            optimizers={"optim": opt},
         )
 
     model.freeze()
+    summary = _summary(model, test, cfg, state, compiled=bool(loss_fn is not None and loss_fn.failed is None))
+    model.save(cfg.out, **summary)
+    return model, summary
+
+
+def _summary(
+    model: Backbone, test: ImageDataset, cfg: TrainConfig, state: dict[str, Any], compiled: bool
+) -> dict[str, Any]:
+    """What the backbone file's header records about its training."""
     last = state["history"][-1] if state["history"] else {}
     if "test_median_bpd" in last:  # the last epoch evaluated the final weights already
         stats = {
@@ -274,8 +241,8 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             "worse_than_uniform": last["test_worse_than_uniform"],
         }
     else:  # no epoch run here, or a checkpoint from before the median was recorded
-        stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
-    summary = {
+        stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), model.config.n_bits)
+    return {
         "dataset": test.spec | {"split": "train"},
         "test_bits_per_dim": stats["mean"],
         "test_bits_per_dim_median": stats["median"],
@@ -290,12 +257,10 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             "decay_epochs": cfg.decay_epochs,
             "optimizer": cfg.optimizer,
             "seed": cfg.seed,
-            "compiled": bool(loss_fn is not None and loss_fn.failed is None),
+            "compiled": compiled,
         },
         "history": state["history"],
     }
-    model.save(cfg.out, **summary)
-    return model, summary
 
 
 class CompiledLoss:

@@ -3,6 +3,9 @@
 Every file flowcond writes is a plain ``.safetensors`` file. Its string metadata holds one key,
 ``flowcond``, whose value is a JSON object with at least ``kind`` (``backbone``, ``heads``,
 ``checkpoint``, ...) and ``format_version``. Nothing is ever unpickled.
+
+Reading and validating a header (:func:`read_header`) needs neither torch nor numpy, so that
+``flowcond info FILE`` starts fast; the functions that handle tensors import torch when called.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from flowcond.errors import FileFormatError
 from flowcond.io.atomic import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 _MAX_HEADER = 100_000_000
@@ -33,12 +35,28 @@ def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     was hashed, so it stays. Full shapes are checked when the weights are loaded into the model
     the config builds (``load_state_dict(strict=True)``).
     """
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` (imported on first use)."""
+    from safetensors.torch import save_file as _save_file
+
+    _save_file(tensors, filename, metadata=metadata)
+
+
+def load_file(filename: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` (imported on first use)."""
+    from safetensors.torch import load_file as _load_file
+
+    return _load_file(filename)
 
 
 def write(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], header: dict[str, Any]) -> None:
@@ -123,6 +141,8 @@ def read_header(path: str | os.PathLike, kind: str | None = None) -> dict[str, A
 
 def read(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Validate the header, then load the tensors; checks the stored content hash if present."""
+    from safetensors import SafetensorError
+
     header = read_header(path, kind)
     try:
         tensors = load_file(str(path))

@@ -67,6 +67,15 @@ class EvaluateConfig(BaseModel):
     attach_steps: int = Field(1000, ge=1)
     attach_batch_size: int = Field(128, ge=2)
     codes: int = Field(2, ge=0, description="unsupervised codes attached with CAGlow (0: none)")
+    class_plugin: str | None = Field(
+        None, description="condition plugin for the class field; default: the one categorical kind"
+    )
+    attribute_plugin: str | None = Field(
+        None, description="condition plugin for the attribute field; default: the one binary kind"
+    )
+    code_plugin: str | None = Field(
+        None, description="unsupervised condition plugin for the codes; default: the only one"
+    )
     samples_per_class: int = Field(50, ge=2)
     fid_real: int = Field(1000, ge=2, description="real test images for FID")
     temperature: float = Field(0.7, gt=0)

@@ -10,14 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from flowcond import Backbone, BackboneConfig
-from flowcond.caglow.attach import (
-    AttachConfig,
-    attach,
-    checkpoint_path,
-    encoder_losses,
-    supervision_losses,
-)
+from flowcond.caglow.attach import AttachConfig, attach, checkpoint_path
 from flowcond.caglow.heads import Heads
+from flowcond.caglow.losses import encoder_losses, feature_matching, supervision_losses
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
@@ -103,8 +98,15 @@ def test_attach_writes_a_small_heads_file_that_samples(heads_file, backbone_file
     assert heads.metadata["summary"]["steps"] == 12
     images, targets = heads.sample(["ids=7"], n=5, temperature=0.8, seed=3)
     assert images.shape == (5, 1, 8, 8)
-    assert 0.0 <= images.min() and images.max() <= 1.0
     assert targets["ids"].tolist() == [7] * 5 and targets["codes"].shape == (5, 2)
+    # the images are the backbone's decode of E(c, eps) for the same draws
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        z = heads.generate(heads.sample_targets(5, {"ids": torch.tensor(7)}, g), 0.8, g)
+        assert torch.isfinite(z).all()
+        assert torch.equal(images, heads.backbone.decode(z))
+    # and they depend on the condition
+    assert not torch.equal(images, heads.sample(["ids=1"], n=5, temperature=0.8, seed=3)[0])
 
 
 def test_sampling_is_deterministic_with_a_seed(heads_file):
@@ -163,6 +165,21 @@ def test_resume_continues_exactly(backbone_file, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_refuses_another_backbone_or_options(backbone_file, tmp_path):
+    out = tmp_path / "r.heads.safetensors"
+    attach(backbone_file, _config(tmp_path, steps=6), out, progress=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"attach options plugins=\['ids', 'codes'\], lr=0\.0002 \(now plugins=\['ids'\], lr=0\.001\)",
+    ) as e:
+        attach(backbone_file, _config(tmp_path, lr=1e-3, plugins=["ids"]), out, resume=True, progress=False)
+    assert "\n" not in str(e.value) and str(checkpoint_path(out)) in str(e.value)
+    other = tmp_path / "other.safetensors"
+    _tiny_backbone(seed=1).save(other, dataset={"name": "digits", "split": "train"})
+    with pytest.raises(ConfigError, match="written for backbone hash="):
+        attach(other, _config(tmp_path), out, resume=True, progress=False)
+
+
 def test_nan_during_attach_is_a_clear_error(backbone_file, tmp_path, monkeypatch):
     from flowcond.caglow import encoder
 
@@ -210,9 +227,15 @@ def test_cli_sample_png_and_npz(heads_file, tmp_path):
     assert r.exit_code == 0, r.output
     with np.load(npz) as d:
         assert d["images"].shape == (10, 1, 8, 8) and d["images"].dtype == np.float32
-        assert d["images"].min() >= 0 and d["images"].max() <= 1
         assert d["ids"].tolist() == [3] * 10
         assert d["codes"].shape == (10, 2)
+        images, codes = torch.from_numpy(d["images"]), torch.from_numpy(d["codes"])
+    # what the library samples for --seed 0 (the default), rows of 3 sharing their codes
+    from flowcond.caglow.generate import sample_rows
+
+    want, targets, _ = sample_rows(Heads.load(heads_file), {"ids": torch.tensor(3)}, 10, 3, 0.8, 0)
+    assert torch.equal(images, want.float()) and torch.equal(codes, targets["codes"])
+    assert not torch.equal(images[0], images[1])  # one eps per image
 
 
 def test_cli_bad_condition_is_one_line(heads_file, tmp_path):
@@ -251,12 +274,10 @@ def test_interpolation_endpoints_match_the_conditions(heads_file):
 
 
 def test_mean_feature_matching_ignores_pairing_but_pairwise_does_not():
-    from flowcond.caglow.attach import _feature_matching
-
     f = torch.randn(16, 8)
     shuffled = f[torch.randperm(16)]
-    assert _feature_matching(shuffled, f, "mean").item() == pytest.approx(0.0, abs=1e-12)
-    assert _feature_matching(shuffled, f, "pairwise").item() > 0.0
+    assert feature_matching(shuffled, f, "mean").item() == pytest.approx(0.0, abs=1e-12)
+    assert feature_matching(shuffled, f, "pairwise").item() > 0.0
 
 
 def test_conditional_discriminator_sees_the_conditions(backbone_file, tmp_path):

@@ -29,8 +29,10 @@ LAYERS = {
     "testing": 7,
     "__init__": 8,
 }
-#: modules that name built-in kinds on purpose (none in the core)
-BUILTIN_NAMES = {"ids", "attributes", "codes", "mnist5k-morpho"}
+#: names of built-in kinds and labelled datasets the core must not depend on ("attributes" is also
+#: an ordinary word for a binary label field, e.g. a key of results.json; the default training
+#: dataset "mnist5k" is a default value, not a dependency)
+BUILTIN_NAMES = {"ids", "codes", "mnist5k-morpho"}
 
 
 def _modules() -> dict[str, Path]:

@@ -364,7 +364,7 @@ def test_frozen_chunks_do_not_change_results(monkeypatch):
 
 
 def test_retain_freed_memory(monkeypatch):
-    import flowcond.flow.fast as ff
+    import flowcond.flow.fast_ops as ff
 
     monkeypatch.setattr(ff, "_RETAINED", False)
     monkeypatch.setenv("FLOWCOND_RETAIN_MEMORY", "0")

@@ -149,7 +149,29 @@ def test_cglow_trains_saves_loads_and_samples(tmp_path):
     a = model.sample(torch.tensor(3), n=4, seed=1)
     b = loaded.sample(torch.tensor(3), n=4, seed=1)
     assert a.shape == (4, 1, 8, 8) and torch.equal(a, b)
-    assert 0 <= a.min() and a.max() <= 1
+    # sampling decodes loc(c) + exp(log_scale(c)) * eps for the same draws, and follows the class
+    g = torch.Generator().manual_seed(1)
+    attrs = torch.bernoulli(torch.tensor(model.cglow.attribute_frequencies).expand(4, -1), generator=g)
+    c = model.condition(torch.tensor(3).expand(4), attrs, 4)
+    assert torch.equal(a, model.decode(model.latents(c, model.noise(4, 0.7, g))))
+    assert not torch.equal(a, model.sample(torch.tensor(5), n=4, seed=1))
+
+
+def test_cglow_resumes_exactly_from_its_epoch_checkpoint(tmp_path):
+    ds = tiny_image_dataset()
+    opts = CGlowTrainConfig(epochs=3, batch_size=16, warmup=2)
+    whole, _ = train_cglow(TINY, ds, options=opts, out=tmp_path / "whole.safetensors", progress=False)
+    assert not (tmp_path / "whole.ckpt.safetensors").exists()  # no checkpoint unless asked
+    part = tmp_path / "part.safetensors"
+    one = opts.model_copy(update={"epochs": 1})
+    train_cglow(TINY, ds, options=one, out=part, progress=False, checkpoint=True)
+    assert (tmp_path / "part.ckpt.safetensors").is_file()
+    resumed, summary = train_cglow(TINY, ds, options=opts, out=part, progress=False, resume=True)
+    assert summary["training"]["steps"] == 6 and summary["training"]["epochs_run"] == 3
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    with pytest.raises(ConfigError, match="training options lr=0.001"):
+        train_cglow(TINY, ds, options=opts.model_copy(update={"lr": 0.1}), out=part, resume=True)
 
 
 def test_cglow_sampling_follows_the_condition():

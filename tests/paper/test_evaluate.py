@@ -1,29 +1,29 @@
-"""`flowcond evaluate`: metrics on hand-made inputs, the three generators, verdicts, a tiny CLI run."""
+"""`flowcond evaluate`: metrics on hand-made inputs, the three generators, discovery of the roles and
+the dataset through the registry, verdicts, a tiny CLI run checked against independent numbers."""
 
 from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 
-from flowcond import Backbone, BackboneConfig, hookimpl
-from flowcond.caglow.attach import AttachConfig
+from flowcond import Backbone, BackboneConfig, hookimpl, registry
+from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
-from flowcond.datasets import load_dataset
+from flowcond.datasets import ImageDataset, LabelField, load_dataset
+from flowcond.errors import ConfigError
 from flowcond.paper.baselines import CGlow, CGlowConfig, PreStored
-from flowcond.paper.evaluate import (
-    METHODS,
-    CAGlowGenerator,
-    CGlowGenerator,
-    PreStoredGenerator,
-    attribute_metrics,
-    claims,
-    edit_metrics,
-    markdown,
-)
+from flowcond.paper.discovery import Roles, find_roles, plugin_options, resolve_dataset
+from flowcond.paper.evaluator import Evaluator
+from flowcond.paper.generators import METHODS, CAGlowGenerator, CGlowGenerator, PreStoredGenerator
+from flowcond.paper.report import claims, markdown
+from flowcond.paper.run import EvaluateConfig
+from flowcond.paper.tables import attribute_metrics, edit_metrics, requested, table_metrics
 from flowcond.testing import tiny_image_dataset
 
 TINY = BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8)
@@ -33,6 +33,18 @@ def _backbone() -> Backbone:
     bb = Backbone(TINY)
     bb.initialize(load_dataset("digits", "train").images[:64])
     return bb.freeze()
+
+
+def _cfg(**kw) -> EvaluateConfig:
+    return EvaluateConfig(backbone="bb", evaluator="ev", **kw)
+
+
+def _closed_form_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2), the root's trace from eigenvalues."""
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = np.sqrt(np.clip(np.linalg.eigvals(sa @ sb).real, 0, None)).sum()
+    d = a.mean(0) - b.mean(0)
+    return float(d @ d + np.trace(sa) + np.trace(sb) - 2 * root)
 
 
 # ------------------------------------------------------------------ metrics, hand-made
@@ -49,6 +61,25 @@ def test_attribute_metrics_use_only_images_requested_with_the_attribute():
     # b on: id 0 -> 0.6, id 1 -> 0.8; variance 0.01
     assert m["amp_variance_per"]["b"] == pytest.approx(0.01)
     assert m["amp_variance"] == pytest.approx((0.0225 + 0.01) / 2)
+
+
+def test_table_metrics_score_the_evaluators_outputs_against_the_request():
+    images = torch.arange(6.0).reshape(6, 1, 1, 1)
+    feats = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0], [1.0, 3.0], [0.5, 0.5]])
+    real = torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 1.0], [3.0, 3.0]])
+    classes = types.SimpleNamespace(
+        predict=lambda x: torch.tensor([0, 1, 1, 1, 2, 0]), features=lambda x: feats
+    )
+    attrs = types.SimpleNamespace(
+        predict_proba=lambda x: torch.tensor([[0.9], [0.1], [0.8], [0.7], [0.2], [0.6]]),
+        class_names=["a"],
+    )
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    want = torch.tensor([[1.0], [0.0], [1.0], [0.0], [0.0], [1.0]])
+    m = table_metrics(images, ids, want, classes, attrs, real)
+    assert m["accuracy"] == pytest.approx(4 / 6)  # images 1 and 5 misclassified
+    assert m["fid"] == pytest.approx(_closed_form_fid(feats.numpy(), real.numpy()), rel=1e-6)
+    assert m["attribute_accuracy"] == pytest.approx(5 / 6)  # image 3: 0.7 but asked off
 
 
 def test_edit_metrics_interference_and_effect():
@@ -120,14 +151,26 @@ def test_markdown_lays_out_the_three_tables():
         "claims": claims(res),
         "figures": ["fig3.png"],
     }
-    md = markdown(report)
-    for title in ("## Table 1", "## Table 2", "## Table 3", "## Cost", "**confirmed**"):
-        assert title in md
-    assert "| CAGlow | 0.900 | 10.00 |" in md
-    assert "n/a" in md  # undefined interference step
+    lines = markdown(report).splitlines()
+    for title in ("## Table 1", "## Table 2", "## Table 3", "## Cost", "## The paper's claims"):
+        assert any(line.startswith(title) for line in lines)
+    assert "| CGlow | all | 2.0 |  | 3.0000 |" in lines
+    assert "| CAGlow | 0.900 | 10.00 |" in lines
+    assert "| real test images | 0.990 | 1.00 (train vs test) |" in lines
+    assert "| method | attribute accuracy | a | AMP variance | var a |" in lines
+    assert "| real test images | 0.900 | 0.900 | 0.0010 | 0.0010 |" in lines
+    # Table 3: after 1..3, step 1..3 (undefined: n/a), effect of each edit
+    assert "| CAGlow | 0.010 | 0.020 | n/a | 0.010 | 0.020 | n/a | 0.300 | 0.300 | 0.300 |" in lines
+    assert sum(line.startswith("- **confirmed**") for line in lines) == 4
+    assert "- [fig3.png](fig3.png)" in lines
 
 
 # ------------------------------------------------------------------------ generators
+def _kind(name: str, base: str = "ids") -> type:
+    """A copy of a built-in kind registered under another name."""
+    return type(name.title(), (registry.get_condition_kind(base),), {"name": name})
+
+
 def test_generators_apply_the_same_conditions_as_their_models():
     ds = tiny_image_dataset()
     bb = _backbone()
@@ -138,9 +181,9 @@ def test_generators_apply_the_same_conditions_as_their_models():
     feats = PreStored.fit(torch.randn(32, 64), ds.labels["digit"], ds.labels["attributes"], n_classes=10)
     gen = PreStoredGenerator(bb, feats, 0.7, alpha=2.0)
     noise = gen.noise(2, g)
-    assert torch.allclose(
-        gen.latents(w, v, noise), feats.latents(noise[0], torch.tensor([1, 4]), v, alpha=2.0)
-    )
+    z = gen.latents(w, v, noise)
+    assert torch.allclose(z, feats.latents(noise[0], torch.tensor([1, 4]), v, alpha=2.0))
+    assert torch.equal(gen.decode(z, batch_size=1), bb.decode(z))
     # CGlow: its prior at [one-hot, attributes]
     cg = CGlow(TINY, CGlowConfig.from_dataset(ds))
     cg.backbone.initialize(ds.images)
@@ -151,18 +194,96 @@ def test_generators_apply_the_same_conditions_as_their_models():
     expect = cg.latents(cg.condition(torch.tensor([1, 4]), v), noise[0])
     assert torch.allclose(gen.latents(w, v, noise), expect)
     assert gen.images(w, v, noise).shape == (2, 1, 8, 8)
-    # CAGlow: the heads' encoder at the targets' condition input
-    from flowcond import registry
 
-    names = ["ids", "attributes", "codes"]
-    kinds = {n: registry.get_condition_kind(n).from_dataset(None, ds) for n in names}
-    heads = Heads(bb, kinds, AttachConfig(plugins=names)).eval()
-    gen = CAGlowGenerator(heads, 0.7)
-    noise = gen.noise(2, g)
-    c = heads.condition_input({"ids": torch.tensor([1, 4]), "attributes": v, "codes": noise[2]})
+
+def test_caglow_generator_finds_each_plugin_by_its_role_not_its_name(flowcond_register):
+    flowcond_register(_kind("klass"))
+    flowcond_register(_kind("traits", "attributes"))
+    flowcond_register(_kind("latent", "codes"))
+    ds, bb = tiny_image_dataset(), _backbone()
+    order = ["traits", "latent", "klass"]  # not the order attach uses
+    kinds = {n: registry.get_condition_kind(n).from_dataset(None, ds) for n in order}
+    heads = Heads(bb, kinds, AttachConfig(plugins=order)).eval()
+    gen = CAGlowGenerator(heads, 0.7, Roles("klass", "traits", "latent"), n_classes=10)
+    w = torch.eye(10)[torch.tensor([1, 4])]
+    v = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    noise = gen.noise(2, torch.Generator().manual_seed(0))
+    assert len(noise) == 3 and noise[2].shape == (2, 2)
+    c = heads.condition_input({"klass": torch.tensor([1, 4]), "traits": v, "latent": noise[2]})
     with torch.no_grad():
         expect = heads.generate_from_input(c, noise[0], noise[1])
     assert torch.allclose(gen.latents(w, v, noise), expect)
+    # soft class weights interpolate the class inputs
+    half = gen.latents(torch.full((1, 10), 0.1), v[:1], tuple(t[:1] for t in noise))
+    c_half = c[:1].clone()
+    c_half[:, -10:] = 0.1
+    with torch.no_grad():
+        assert torch.allclose(half, heads.generate_from_input(c_half, noise[0][:1], noise[1][:1]))
+    with pytest.raises(ConfigError, match="no role: latent"):
+        CAGlowGenerator(heads, 0.7, Roles("klass", "traits"), n_classes=10)
+
+
+# ------------------------------------------------------------------------ discovery
+def test_roles_of_the_builtin_plugins():
+    assert find_roles(_cfg()) == Roles("ids", "attributes", "codes")
+    assert find_roles(_cfg(codes=0)) == Roles("ids", "attributes", None)
+    opts = plugin_options(Roles("ids", "attributes", "codes"), "digit", "attrs", 3)
+    assert opts == {"ids": {"field": "digit"}, "attributes": {"field": "attrs"}, "codes": {"n": 3}}
+
+
+def test_two_categorical_kinds_are_ambiguous_until_class_plugin_chooses(flowcond_register):
+    flowcond_register(_kind("ids2"))
+    with pytest.raises(ConfigError, match="ids, ids2; choose one with class_plugin"):
+        find_roles(_cfg())
+    assert find_roles(_cfg(class_plugin="ids2")).classes == "ids2"
+    assert find_roles(_cfg(class_plugin="ids")).classes == "ids"
+    with pytest.raises(ConfigError, match="class_plugin='attributes' is not a registered categorical"):
+        find_roles(_cfg(class_plugin="attributes"))
+
+
+def test_unsupervised_kind_without_n_is_refused_by_name(flowcond_register):
+    class NoiseOptions(BaseModel):
+        scale: float = 1.0
+
+    codes = registry.get_condition_kind("codes")
+    flowcond_register(type("Noisy", (codes,), {"name": "noisy", "Options": NoiseOptions}))
+    with pytest.raises(ConfigError, match="codes, noisy; choose one with code_plugin"):
+        find_roles(_cfg())
+    with pytest.raises(ConfigError, match="'noisy'.*no 'n'"):
+        find_roles(_cfg(code_plugin="noisy"))
+    assert find_roles(_cfg(code_plugin="noisy", codes=0)).codes is None  # no codes: not needed
+
+
+def _dataset(fields: list[LabelField], name: str) -> ImageDataset:
+    labels = {
+        f.name: torch.arange(6) % f.size if f.kind == "categorical" else torch.ones(6, f.size) for f in fields
+    }
+    return ImageDataset(torch.rand(6, 1, 8, 8), labels, fields, {"name": name})
+
+
+class _Datasets:
+    """``plain`` has classes only; ``plain-extra`` has only more classes; ``tagged`` extends
+    ``plain`` with attributes."""
+
+    @hookimpl
+    def register_datasets(self, register):
+        digit = LabelField("digit", "categorical", 3)
+        tags = LabelField("tags", "binary", 2, ["x", "y"])
+        register("plain", lambda split, **kw: _dataset([digit], "plain"))
+        register("plain-extra", lambda split, **kw: _dataset([digit], "plain-extra"), extends="plain")
+        register("tagged", lambda split, **kw: _dataset([digit, tags], "tagged"), extends="plain")
+        register("alone", lambda split, **kw: _dataset([digit], "alone"))
+
+
+def test_a_dataset_registered_with_extends_is_found(flowcond_register):
+    flowcond_register(_Datasets(), "test-datasets")
+    name, train, test = resolve_dataset("plain")
+    assert name == "tagged" and set(train.schema) == {"digit", "tags"} and len(test) == 6
+    assert resolve_dataset("tagged")[0] == "tagged"
+    with pytest.raises(ConfigError, match=r"tried 'alone' \(a dataset"):
+        resolve_dataset("alone")
+    with pytest.raises(ConfigError, match=r"'nothing' is not registered"):
+        resolve_dataset("nothing")
 
 
 # ------------------------------------------------------------------------ CLI, tiny
@@ -177,61 +298,83 @@ class _TinyData:
         register("tinyattr", load, "random 8x8 images with digit + attributes")
 
 
+def _recomputed(out, bb_path, evaluator, train, test) -> dict[str, dict[str, float]]:
+    """Accuracy and FID of each method, from the saved models, recomputed outside the pipeline."""
+    bb = Backbone.load(bb_path)
+    gens = [
+        CAGlowGenerator(
+            Heads.load(out / "caglow.heads.safetensors", bb).eval(),
+            0.7,
+            Roles("ids", "attributes", "codes"),
+            10,
+        ),
+        CGlowGenerator(CGlow.load(out / "cglow.safetensors"), 0.7),
+        PreStoredGenerator(bb, PreStored.load(out / "prestored.safetensors", bb), 0.7, 1.0),
+    ]
+    req = requested(10, 3, train.labels["attributes"].float().mean(0), seed=0)
+    real = evaluator.features(test.images).numpy()
+    got = {}
+    for gen in gens:
+        x = gen.images(req.w, req.attrs, gen.noise(30, torch.Generator().manual_seed(0)))
+        pred = evaluator.predict(x)
+        got[gen.name] = {
+            "accuracy": sum(int(p) == int(k) for p, k in zip(pred, req.ids, strict=True)) / 30,
+            "fid": _closed_form_fid(evaluator.features(x).numpy().astype(np.float64), real),
+        }
+    return got
+
+
 def test_cli_evaluate_writes_tables_and_figures(tmp_path, flowcond_plugins, flowcond_cli):
-    from flowcond.paper.evaluator import train_evaluator
+    from flowcond.paper.train_evaluator import train_evaluator
 
     flowcond_plugins.register(_TinyData(), "tinyattr")
     train, test = load_dataset("tinyattr", "train"), load_dataset("tinyattr", "test")
     bb = Backbone(TINY)
     bb.initialize(train.images)
-    bb.freeze().save(
-        tmp_path / "bb.safetensors", dataset={"name": "tinyattr", "split": "train"}, test_bits_per_dim=5.0
-    )
+    bb_path = tmp_path / "bb.safetensors"
+    bb.freeze().save(bb_path, dataset={"name": "tinyattr", "split": "train"}, test_bits_per_dim=5.0)
     common = dict(epochs=1, widths=[4], feature_dim=8, progress=False)
     train_evaluator((train, test), out=tmp_path / "ev.safetensors", label="digit", **common)
     train_evaluator((train, test), out=tmp_path / "attr.safetensors", label="attributes", **common)
     out = tmp_path / "res"
     r = flowcond_cli(
-        "evaluate",
-        "--backbone",
-        str(tmp_path / "bb.safetensors"),
-        "--evaluator",
-        str(tmp_path / "ev.safetensors"),
-        "--attr-evaluator",
-        str(tmp_path / "attr.safetensors"),
-        "--out",
-        str(out),
-        "--cglow-epochs",
-        "3",
-        "--cglow-max-steps",
-        "2",
-        "--attach-steps",
-        "3",
-        "--samples-per-class",
-        "3",
-        "--threads",
-        "1",
-        "--cache-dir",
-        str(tmp_path / "cache"),
+        *("evaluate", "--backbone", str(bb_path), "--evaluator", str(tmp_path / "ev.safetensors")),
+        *("--attr-evaluator", str(tmp_path / "attr.safetensors"), "--out", str(out)),
+        *("--cglow-epochs", "3", "--cglow-max-steps", "2", "--attach-steps", "3"),
+        *("--samples-per-class", "3", "--threads", "1", "--cache-dir", str(tmp_path / "cache")),
         "--quiet",
     )
     assert r.exit_code == 0, r.output
     report = json.loads((out / "results.json").read_text())
     assert report["dataset"] == "tinyattr"
+    assert report["roles"] == {"class": "ids", "attribute": "attributes", "code": "codes"}
     assert set(METHODS) <= set(report["results"]) and "Glow (prior)" in report["results"]
+    expected = _recomputed(out, bb_path, Evaluator.load(tmp_path / "ev.safetensors"), train, test)
     for m in METHODS:
         x = report["results"][m]
-        assert 0 <= x["accuracy"] <= 1 and x["fid"] >= 0 and len(x["interference"]) == 3
-    assert {"CAGlow", "CGlow", "Glow + pre-stored"} <= set(report["cost"])
+        assert x["accuracy"] == pytest.approx(expected[m]["accuracy"], abs=1e-6)
+        assert x["fid"] == pytest.approx(expected[m]["fid"], rel=1e-4, abs=1e-6)
+        assert len(x["interference"]) == 3
     assert report["cost"]["CGlow"]["steps"] == 2 and report["cost"]["CAGlow"]["steps"] == 3
-    assert len(report["claims"]) == 4
+    res = report["results"]
+    assert report["claims"][0]["confirmed"] == (res["CAGlow"]["accuracy"] > res["CGlow"]["accuracy"])
     md = (out / "results.md").read_text()
     assert "## Table 3" in md and "Glow + pre-stored" in md
     for f in report["figures"]:
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
-    assert any(f.startswith("fig4_") for f in report["figures"])
+    assert (
+        sorted(f.split("_")[0] for f in report["figures"])
+        == ["fig3"] * 3 + ["fig4"] * 3 + ["fig5"] * 3 + ["fig6"] * 4
+    )
     assert CGlow.load(out / "cglow.safetensors").cglow.n_attributes == 3
-    assert "confirmed" in r.output or "refuted" in r.output
+    # the printed verdicts are the claims of results.json, one line each, in order
+    printed = [
+        line.strip() for line in r.output.splitlines() if line.strip().startswith(("confirmed:", "refuted:"))
+    ]
+    assert printed == [
+        f"{'confirmed' if c['confirmed'] else 'refuted'}: {c['claim']} ({c['evidence']})"
+        for c in report["claims"]
+    ]
 
 
 def test_evaluate_needs_class_and_attribute_fields(tmp_path, flowcond_cli):
@@ -248,3 +391,4 @@ def test_evaluate_needs_class_and_attribute_fields(tmp_path, flowcond_cli):
         "--quiet",
     )
     assert r.exit_code != 0 and "categorical (class) and a binary (attributes)" in r.output
+    assert "tried 'digits'" in r.output

@@ -12,14 +12,9 @@ from click.testing import CliRunner
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.io import safefile
-from flowcond.paper.evaluator import (
-    Evaluator,
-    EvaluatorConfig,
-    EvaluatorNet,
-    random_affine,
-    random_shift,
-    train_evaluator,
-)
+from flowcond.paper.augment import random_affine, random_shift
+from flowcond.paper.evaluator import Evaluator, EvaluatorConfig, EvaluatorNet
+from flowcond.paper.train_evaluator import train_evaluator
 
 SMALL = dict(widths=[8, 16], feature_dim=32, threads=1, progress=False)
 
@@ -190,6 +185,35 @@ def test_random_affine_keeps_shape_and_roughly_the_mass():
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert float(ratio.min()) > 0.7 and float(ratio.max()) < 1.4  # zoom of at most 10 %
     assert torch.equal(random_affine(x, 0, 0, 0), x)
+
+
+def test_training_resumes_exactly_from_an_epoch_checkpoint(digits, tmp_path, monkeypatch):
+    import flowcond.paper.train_evaluator as te
+
+    opts = dict(epochs=2, batch_size=64, lr=1e-2, shift=1, max_steps=40, **SMALL)
+    whole, _ = train_evaluator(digits, out=tmp_path / "whole.safetensors", **opts)
+    assert not (tmp_path / "whole.ckpt.safetensors").exists()  # no checkpoint unless asked
+    # interrupted while scoring epoch 2: only the checkpoint of epoch 1 is written
+    out = tmp_path / "part.safetensors"
+    score, calls = te._score, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(te, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_evaluator(digits, out=out, checkpoint=True, **opts)
+    monkeypatch.setattr(te, "_score", score)
+    assert safefile.read_header(tmp_path / "part.ckpt.safetensors")["epoch"] == 1 and not out.exists()
+    resumed, summary = train_evaluator(digits, out=out, resume=True, **opts)
+    assert summary["steps"] == 40 and [h["epoch"] for h in summary["history"]] == [1, 2]
+    for k, v in whole.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    with pytest.raises(ConfigError, match=r"evaluator options lr=0\.01 \(now lr=0\.1\)"):
+        train_evaluator(digits, out=out, resume=True, **{**opts, "lr": 0.1})
 
 
 def test_cli_train_evaluator(tmp_path):

@@ -11,7 +11,6 @@ from flowcond.paper.metrics import (
     attribute_accuracy,
     attribute_mean_probability,
     cumulative_interference,
-    fid_evaluator_features,
     frechet_distance,
     interference,
 )
@@ -63,12 +62,39 @@ def test_frechet_distance_closed_form_with_scaled_covariance():
     assert frechet_distance(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_frechet_distance_survives_singular_covariances():
+def _closed_form(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2); the trace of the root is the sum of the
+    square roots of the eigenvalues of S_a S_b (real and >= 0 for covariances)."""
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = np.sqrt(np.clip(np.linalg.eigvals(sa @ sb).real, 0, None)).sum()
+    d = a.mean(0) - b.mean(0)
+    return float(d @ d + np.trace(sa) + np.trace(sb) - 2 * root)
+
+
+def test_frechet_distance_closed_form_with_unrelated_covariances():
+    rng = np.random.default_rng(4)
+    # covariances that do not commute: the root term is not tr(S_a^1/2 S_b^1/2)
+    a = rng.normal(size=(600, 4)) @ rng.normal(size=(4, 4))
+    b = rng.normal(size=(400, 4)) @ rng.normal(size=(4, 4)) + np.array([0.5, 0.0, -1.0, 2.0])
+    expected = _closed_form(a, b)
+    assert expected > 1.0  # far from the clip at 0
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_of_singular_covariances_matches_the_closed_form():
     rng = np.random.default_rng(3)
     a = np.concatenate([rng.normal(size=(20, 2)), np.zeros((20, 3))], axis=1)  # rank 2 of 5
-    b = np.concatenate([rng.normal(size=(5, 2)), np.zeros((5, 3))], axis=1)  # fewer samples than dims
-    d = frechet_distance(a, b)
-    assert math.isfinite(d) and d >= 0.0
+    b = np.concatenate([rng.normal(size=(5, 2)) + 1.0, np.zeros((5, 3))], axis=1)  # fewer samples than dims
+    expected = _closed_form(a, b)
+    assert expected > 1.0
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-4)
+
+
+def test_frechet_distance_clips_only_round_off_below_zero():
+    x = np.random.default_rng(5).normal(size=(50, 3))
+    assert 0.0 <= frechet_distance(x, x) < 1e-9
+    assert frechet_distance(x, x + 1e-3) == pytest.approx(3e-6, rel=1e-3)
 
 
 def test_frechet_distance_rejects_bad_shapes():
@@ -76,16 +102,6 @@ def test_frechet_distance_rejects_bad_shapes():
         frechet_distance(np.zeros((10, 3)), np.zeros((10, 4)))
     with pytest.raises(ValueError):
         frechet_distance(np.zeros((1, 3)), np.zeros((10, 3)))
-
-
-def test_fid_evaluator_features_uses_the_evaluator_features():
-    class Stub:
-        def features(self, x, batch_size=256):
-            return x.flatten(1)
-
-    imgs = torch.rand(50, 1, 2, 2)
-    assert fid_evaluator_features(Stub(), imgs, imgs) == pytest.approx(0.0, abs=1e-6)
-    assert fid_evaluator_features(Stub(), imgs, imgs + 0.5) == pytest.approx(4 * 0.25, rel=1e-6)
 
 
 # ------------------------------------------------------------------ AMP

@@ -2,18 +2,22 @@
 
 A derived binary attribute: targets are ``label % 2`` (1 = odd) of a categorical label field
 (``digit`` for the MNIST datasets). Supervised, one logit with BCE-with-logits, accuracy metric.
+
+torch is imported inside the methods that use it: every ``flowcond`` command (``--help`` too)
+imports every installed plugin, so a plugin module should be cheap to import.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 import flowcond
 from flowcond.conditions import ConditionKind, label_field
+
+if TYPE_CHECKING:
+    import torch
 
 __version__ = "0.1.0"
 
@@ -50,10 +54,14 @@ class Parity(ConditionKind):
         return (labels[self.state_dict_["field"]].long() % 2).float().reshape(-1, 1)
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
         p = torch.full((n, 1), float(self.state_dict_.get("odd_frequency", 0.5)))
         return torch.bernoulli(p, generator=generator)
 
     def parse(self, value: str) -> torch.Tensor:
+        import torch
+
         v = value.strip().lower()
         if v in ("even", "0"):
             return torch.zeros(1)
@@ -73,6 +81,8 @@ class Parity(ConditionKind):
         return 1
 
     def loss(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.binary_cross_entropy_with_logits(head_out, targets.float())
 
     def predict(self, head_out: torch.Tensor) -> torch.Tensor:

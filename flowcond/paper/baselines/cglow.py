@@ -13,25 +13,23 @@ Sampling draws ``eps ~ N(0, T^2 I)`` and decodes ``z = loc(c) + exp(log_scale(c)
 the same ``eps`` with another condition is CGlow's attribute edit.
 
 Files are safetensors with ``kind: "cglow"``: the weights of flow, prior and classifier, the
-backbone config, the label fields and a content hash; written atomically.
+backbone config, the label fields and a content hash; written atomically. Training is
+:mod:`flowcond.paper.baselines.cglow_train`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from flowcond.datasets import ImageDataset
-from flowcond.errors import ConfigError, FileFormatError, FlowcondError
+from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig
 from flowcond.io import safefile
@@ -146,14 +144,14 @@ class CGlow(nn.Module):
             parts.append(attributes.float() if attributes is not None else torch.zeros(n, cfg.n_attributes))
         return torch.cat(parts, 1) if parts else torch.zeros(n, 1)
 
-    def labels_condition(self, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def labels_condition(
+        self, labels: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Dataset labels -> (condition ``c``, class ids or ``None``, float attributes or ``None``)."""
         cfg = self.cglow
         ids = labels[cfg.class_field] if cfg.class_field else None
         attrs = labels[cfg.attribute_field].float() if cfg.attribute_field else None
-        return self.condition(ids, attrs, n=len(next(iter(labels.values())))), {
-            "ids": ids,
-            "attributes": attrs,
-        }
+        return self.condition(ids, attrs, n=len(next(iter(labels.values())))), ids, attrs
 
     def prior(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale ``(B, D)`` of the raw flat latent given conditions ``c``."""
@@ -167,7 +165,7 @@ class CGlow(nn.Module):
         self, x: torch.Tensor, labels: dict[str, torch.Tensor], noise: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-batch ``bpd`` (conditional bits/dim, mean) and ``cls`` (classification loss, nats)."""
-        c, parts = self.labels_condition(labels)
+        c, ids, attrs = self.labels_condition(labels)
         levels, log_det = self._levels(self.backbone.preprocess(x, noise))
         z = self.backbone.flatten_levels(levels)
         loc, log_scale = self.prior(c)
@@ -180,9 +178,9 @@ class CGlow(nn.Module):
         cls = torch.zeros((), device=x.device)
         cfg = self.cglow
         if cfg.n_classes:
-            cls = cls + F.cross_entropy(logits[:, : cfg.n_classes], parts["ids"].long())
+            cls = cls + F.cross_entropy(logits[:, : cfg.n_classes], ids.long())
         if cfg.n_attributes:
-            cls = cls + F.binary_cross_entropy_with_logits(logits[:, cfg.n_classes :], parts["attributes"])
+            cls = cls + F.binary_cross_entropy_with_logits(logits[:, cfg.n_classes :], attrs)
         return {"bpd": bpd.mean(), "cls": cls, "bpd_per_sample": bpd.detach(), "logits": logits.detach()}
 
     @torch.no_grad()
@@ -207,11 +205,7 @@ class CGlow(nn.Module):
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Raw flat latents -> images in [0, 1] (through the backbone's standardized decode)."""
         bb = self.backbone
-        out = []
-        for i in range(0, len(z), batch_size):
-            levels = bb.standardize(bb.split_levels(z[i : i + batch_size]))
-            out.append(bb.decode(bb.flatten_levels(levels)))
-        return torch.cat(out)
+        return bb.decode_in_batches(bb.flatten_levels(bb.standardize(bb.split_levels(z))), batch_size)
 
     @torch.no_grad()
     def generate(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -274,137 +268,3 @@ class CGlow(nn.Module):
         model = cls(config, cglow, {k: v for k, v in header.items() if k not in reserved})
         safefile.load_weights(model, tensors, path)
         return model.freeze()
-
-
-# ---------------------------------------------------------------------- training
-class CGlowTrainConfig(BaseModel):
-    """Options of :func:`train_cglow` (same optimizer recipe as ``train-backbone``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup: int = Field(200, ge=0)
-    clip: float = Field(50.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    weight_y: float = Field(0.01, ge=0)
-    seed: int = 0
-
-
-def _batch(ds: ImageDataset, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    x = ds.images[idx] if isinstance(ds.images, torch.Tensor) else torch.stack([ds[int(i)][0] for i in idx])
-    return x, {k: v[idx] for k, v in ds.labels.items()}
-
-
-@torch.no_grad()
-def evaluate_cglow_bpd(model: CGlow, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
-    """Mean conditional test bits/dim (uniform dequantization from a fixed generator)."""
-    was = model.training
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for i in range(0, len(ds), batch_size):
-        x, labels = _batch(ds, torch.arange(i, min(i + batch_size, len(ds))))
-        total += float(model.bits_per_dim(x, labels, torch.rand(x.shape, generator=g)).sum())
-    model.train(was)
-    return total / max(len(ds), 1)
-
-
-def train_cglow(
-    config: BackboneConfig,
-    train: ImageDataset,
-    test: ImageDataset | None = None,
-    options: CGlowTrainConfig | None = None,
-    out: str | os.PathLike | None = None,
-    progress: bool = True,
-    callback: Callable[[CGlow, dict[str, Any]], None] | None = None,
-    callback_every: int | None = None,
-    class_field: str | None = None,
-    attribute_field: str | None = None,
-) -> tuple[CGlow, dict[str, Any]]:
-    """Train a CGlow end to end on ``train``; returns the frozen model and a summary.
-
-    ``callback(model, info)`` is called every ``callback_every`` steps and at the end (the model in
-    eval mode, no gradients; its time is not counted in ``train_seconds``) — for accuracy-vs-time
-    curves.
-    """
-    opts = options or CGlowTrainConfig()
-    if tuple(train.image_shape) != config.image_shape:
-        raise ConfigError(
-            f"dataset images {tuple(train.image_shape)} do not fit the backbone config {config.image_shape}"
-        )
-    cg = CGlowConfig.from_dataset(train, class_field, attribute_field, weight_y=opts.weight_y)
-    torch.manual_seed(opts.seed)
-    model = CGlow(config, cg)
-    g = torch.Generator().manual_seed(opts.seed)
-    first = torch.randperm(len(train), generator=g)[: max(opts.batch_size, 256)]
-    model.backbone.initialize(_batch(train, first)[0])
-    unused = {id(p) for p in model.backbone.flow.q0.parameters()}
-    params = [p for p in model.parameters() if id(p) not in unused]
-    opt = torch.optim.Adamax(params, lr=opts.lr, weight_decay=1e-5)
-    steps_per_epoch = math.ceil(len(train) / opts.batch_size)
-    total = opts.epochs * steps_per_epoch
-    if opts.max_steps is not None:
-        total = min(total, opts.max_steps)
-    step, skipped, train_seconds = 0, 0, 0.0
-    history: list[dict[str, Any]] = []
-    bar = tqdm(total=total, desc="cglow", disable=not progress)
-    model.train()
-    t0 = time.perf_counter()
-    for epoch in range(opts.epochs):
-        order = torch.randperm(len(train), generator=g)
-        for i in range(0, len(order), opts.batch_size):
-            if step >= total:
-                break
-            x, labels = _batch(train, order[i : i + opts.batch_size])
-            noise = torch.rand(x.shape, generator=g)
-            for group in opt.param_groups:
-                group["lr"] = opts.lr * min(1.0, (step + 1) / max(opts.warmup, 1))
-            ls = model.losses(x, labels, noise)
-            loss = ls["bpd"] + opts.weight_y * ls["cls"] / math.log(2.0)
-            if not torch.isfinite(loss):
-                skipped += 1
-                if skipped > max(10, total // 2):
-                    raise FlowcondError(f"CGlow training diverged: {skipped} non-finite batches")
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, opts.clip)
-            if not torch.isfinite(norm):
-                skipped += 1
-                continue
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(bpd=f"{ls['bpd'].item():.3f}", cls=f"{ls['cls'].item():.3f}")
-            if callback is not None and callback_every and step % callback_every == 0 and step < total:
-                train_seconds += time.perf_counter() - t0
-                model.eval()
-                with torch.no_grad():
-                    callback(model, {"step": step, "train_seconds": train_seconds})
-                model.train()
-                t0 = time.perf_counter()
-        history.append({"epoch": epoch + 1, "step": step})
-        if step >= total:
-            break
-    train_seconds += time.perf_counter() - t0
-    bar.close()
-    model.freeze()
-    if callback is not None:
-        callback(model, {"step": step, "train_seconds": train_seconds})
-    test_bpd = evaluate_cglow_bpd(model, test, seed=opts.seed) if test is not None else None
-    summary = {
-        "dataset": train.spec,
-        "test_bits_per_dim": test_bpd,
-        "training": {
-            **opts.model_dump(),
-            "steps": step,
-            "skipped_batches": skipped,
-            "epochs_run": len(history),
-            "seconds": round(train_seconds, 2),
-        },
-    }
-    if out is not None:
-        model.save(out, **summary)
-    return model, summary

@@ -161,6 +161,7 @@ class PreStored:
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
+        """Write the shifts and deltas (safetensors, ``kind: prestored``)."""
         tensors = {}
         if self.class_shifts is not None:
             tensors["class_shifts"] = self.class_shifts
@@ -178,6 +179,7 @@ class PreStored:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> PreStored:
+        """Read a file; FileFormatError if ``backbone`` is given and is not the one it was fit on."""
         tensors, header = safefile.read(path, KIND)
         if backbone is not None and header.get("backbone_hash") != backbone.content_hash:
             raise FileFormatError(path, "was computed on another backbone")

@@ -57,12 +57,3 @@ def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nd
         covmean = covmean.real
     value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
     return max(value, 0.0)  # >= 0 in exact arithmetic; clip round-off
-
-
-def fid_evaluator_features(
-    evaluator: Any, images_a: Any, images_b: Any, batch_size: int = 256, eps: float = 1e-6
-) -> float:
-    """FID (evaluator features) between two image sets (N, C, H, W) in [0, 1]."""
-    fa = evaluator.features(images_a, batch_size=batch_size)
-    fb = evaluator.features(images_b, batch_size=batch_size)
-    return frechet_distance(fa, fb, eps)

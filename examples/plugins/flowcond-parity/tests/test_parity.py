@@ -67,3 +67,14 @@ def test_listed_by_flowcond_plugins(flowcond_cli):
     listed = {p["name"]: p for p in json.loads(result.stdout)}
     assert listed["parity"]["distribution"] == "flowcond-parity"
     assert listed["parity"]["conditions"] == ["parity"]
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    """Every flowcond command imports every plugin: keep the module cheap (torch in methods)."""
+    import subprocess
+    import sys
+
+    code = "import sys, flowcond_parity; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -1,122 +1,34 @@
-"""Commands that attach heads to a backbone and generate with them."""
+"""Commands that generate with attached heads: ``sample``, ``interpolate``, ``explore``,
+``manipulate``. torch (and the model code) is imported only when a command runs."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-import torch
-from pydantic import ValidationError
 
-from flowcond.caglow import generate
-from flowcond.caglow.attach import attach
-from flowcond.caglow.config import AttachConfig, Lambdas
-from flowcond.caglow.heads import Heads
+from flowcond.cli.options import options
 from flowcond.errors import ConfigError
-from flowcond.io.atomic import atomic_write
-from flowcond.io.images import save_grid
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def _parse_kv(items: tuple[str, ...], what: str) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
-    for key, value in _parse_kv(items, "--option").items():
-        plugin, sep, field = key.partition(".")
-        if not sep:
-            raise ConfigError(f"--option {key}=...: expected PLUGIN.FIELD=VALUE, e.g. codes.n=2")
-        out.setdefault(plugin, {})[field] = value
-    return out
-
-
-@click.command("attach")
-@click.option("--backbone", type=click.Path(), required=True, help="Frozen backbone (.safetensors).")
-@click.option(
-    "--plugin",
-    "plugin_names",
-    multiple=True,
-    required=True,
-    help="Condition plugin to attach (repeatable), e.g. ids, attributes, codes.",
-)
-@click.option("--option", "options", multiple=True, help="Plugin option PLUGIN.FIELD=VALUE (repeatable).")
-@click.option("--dataset", default=None, help="Dataset [default: the backbone's training dataset].")
-@click.option("--root", default=None, help="Data folder for on-disk datasets.")
-@click.option("--steps", default=3000, show_default=True, help="Training steps (D and E updates).")
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=2e-4, show_default=True)
-@click.option("--encoder", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True)
-@click.option("--lambda", "lambdas", multiple=True, help="Loss weight NAME=VALUE, NAME in E, Di, C, De, FM.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--threads", default=1, show_default=True, help="torch CPU threads for the training loop.")
-@click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
-@click.option("--cache-dir", default=None, help="Latent cache folder [default: ~/.cache/flowcond/latents].")
-@click.option("--out", type=click.Path(), required=True, help="Heads file to write (.safetensors).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def attach_cmd(
-    backbone,
-    plugin_names,
-    options,
-    dataset,
-    root,
-    steps,
-    batch_size,
-    lr,
-    encoder,
-    lambdas,
-    seed,
-    threads,
-    resume,
-    cache_dir,
-    out,
-    quiet,
-):
-    """Train condition heads (E + supervision block) on a frozen backbone (CAGlow stage 2)."""
-    try:
-        config = AttachConfig(
-            plugins=list(plugin_names),
-            plugin_options=_plugin_options(options),
-            dataset=dataset,
-            root=root,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            encoder=encoder,
-            supervision=encoder,
-            lambdas=Lambdas(**_parse_kv(lambdas, "--lambda")),
-            seed=seed,
-            threads=threads,
-            cache_dir=cache_dir,
-        )
-    except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid attach configuration: {msgs}") from None
-    _, summary = attach(backbone, config, out, resume=resume, progress=not quiet)
-    click.echo(
-        f"wrote {out} in {summary['total_seconds']:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)"
-    )
-    for key, value in summary["metrics"].items():
-        click.echo(f"  {key}: {json.dumps(value)}")
+    from flowcond.caglow.heads import Heads
 
 
 def _load(heads_path: str, backbone: str | None) -> Heads:
+    from flowcond.caglow.heads import Heads
+
     return Heads.load(heads_path, backbone)
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
+    from flowcond.io.atomic import atomic_write
+
     with atomic_write(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
 
@@ -128,23 +40,23 @@ def _check_out(out: str) -> Path:
     return path
 
 
-backbone_option = click.option(
-    "--backbone",
-    type=click.Path(),
-    default=None,
-    help="Backbone file [default: the one recorded in the heads file].",
-)
-common = [
+def _png(out: str) -> Path:
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: must end in .png")
+    return path
+
+
+_common = options(
     click.option("--temperature", default=0.8, show_default=True, help="Scale of the noise eps."),
     click.option("--seed", default=0, show_default=True),
-    backbone_option,
-]
-
-
-def _common(f):
-    for opt in reversed(common):
-        f = opt(f)
-    return f
+    click.option(
+        "--backbone",
+        type=click.Path(),
+        default=None,
+        help="Backbone file [default: the one recorded in the heads file].",
+    ),
+)
 
 
 @click.command("sample")
@@ -155,6 +67,9 @@ def _common(f):
 @_common
 def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
+    from flowcond.caglow import generate
+    from flowcond.io.images import save_grid
+
     path = _check_out(out)
     heads = _load(heads_path, backbone)
     given = heads.parse_conditions(list(conditions))
@@ -169,13 +84,6 @@ def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
     click.echo(f"wrote {n} images to {path}")
 
 
-def _png(out: str) -> Path:
-    path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out}: must end in .png")
-    return path
-
-
 @click.command("interpolate")
 @click.argument("heads_path", type=click.Path())
 @click.option("--from", "start", multiple=True, required=True, help="Start condition NAME=VALUE.")
@@ -186,6 +94,11 @@ def _png(out: str) -> Path:
 @_common
 def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed, backbone):
     """Interpolate between two conditions with fixed noise per row (paper Fig. 5)."""
+    import torch
+
+    from flowcond.caglow import generate
+    from flowcond.io.images import save_grid
+
     path = _png(out)
     heads = _load(heads_path, backbone)
     images = generate.interpolate(
@@ -213,6 +126,9 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
 @_common
 def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone):
     """Sweep one unsupervised code over its range, everything else fixed per row (Fig. 6, 7)."""
+    from flowcond.caglow import generate
+    from flowcond.io.images import save_grid
+
     path = _png(out)
     heads = _load(heads_path, backbone)
     images, values = generate.explore(
@@ -238,6 +154,9 @@ def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperat
 @_common
 def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, backbone):
     """Apply cumulative condition edits, one column per edit (paper Fig. 4)."""
+    from flowcond.caglow import generate
+    from flowcond.io.images import save_grid
+
     path = _png(out)
     heads = _load(heads_path, backbone)
     images, labels = generate.manipulate(
@@ -247,4 +166,4 @@ def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, 
     click.echo(f"wrote {path}: {' | '.join(labels)}")
 
 
-COMMANDS = [attach_cmd, sample_cmd, interpolate_cmd, explore_cmd, manipulate_cmd]
+COMMANDS = [sample_cmd, interpolate_cmd, explore_cmd, manipulate_cmd]

@@ -1,0 +1,77 @@
+"""The losses of attaching heads (paper Eq. 10-15), on real latents ``F(x)`` and generated ones.
+
+* supervision block step: ``Di`` (Eq. 11), ``C`` on real latents (Eq. 12), ``De`` on generated
+  latents (Eq. 13);
+* encoder step: ``E`` (Eq. 10, non-saturating), ``C`` and ``De`` on generated latents, the pairwise
+  feature matching ``FM`` (Eq. 14) and ``MM`` (not in the paper: moment matching);
+
+weighted by the ``lambdas`` of Eq. 15 (:func:`weighted_sum`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from flowcond.caglow.config import Lambdas
+from flowcond.caglow.heads import Heads
+
+
+def kind_losses(heads: Heads, outs: Mapping, targets: Mapping, supervised: bool) -> torch.Tensor:
+    """Sum of the heads' losses of the supervised (Eq. 12) or unsupervised (Eq. 13) kinds."""
+    total = torch.zeros(())
+    for name, kind in heads.kinds.items():
+        if kind.supervised == supervised:
+            total = total + kind.loss(outs[name], targets[name])
+    return total
+
+
+def supervision_losses(
+    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: Mapping
+) -> dict[str, torch.Tensor]:
+    """Losses of the supervision block's step: ``Di`` (Eq. 11: real vs generated), ``C`` (Eq. 12 on
+    real latents, supervised kinds) and ``De`` (Eq. 13: code decoders on generated latents)."""
+    _, d_real, h_real = heads.supervise(z_real, targets)
+    _, d_fake, h_fake = heads.supervise(fake, targets)
+    l_di = F.binary_cross_entropy_with_logits(
+        d_real, torch.ones_like(d_real)
+    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    return {
+        "Di": l_di,
+        "C": kind_losses(heads, h_real, targets, supervised=True),
+        "De": kind_losses(heads, h_fake, targets, supervised=False),
+    }
+
+
+def encoder_losses(
+    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: Mapping
+) -> dict[str, torch.Tensor]:
+    """Losses of the encoder's step: ``E`` (Eq. 10, non-saturating ``-log D(E(c, eps))``), ``C``
+    and ``De`` on generated latents (Eq. 12, 13), ``FM`` (Eq. 14): squared L2 between trunk
+    features of each real latent and of the latent generated with the same conditions, and
+    ``MM``: squared differences of the per-dimension means and standard deviations."""
+    with torch.no_grad():
+        f_real = heads.supervise(z_real, targets)[0]
+    f_fake, d_fake, h_fake = heads.supervise(fake, targets)
+    return {
+        "E": F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)),
+        "C": kind_losses(heads, h_fake, targets, supervised=True),
+        "De": kind_losses(heads, h_fake, targets, supervised=False),
+        "FM": feature_matching(f_fake, f_real, heads.config.feature_matching),
+        "MM": (fake.mean(0) - z_real.mean(0)).pow(2).mean() + (fake.std(0) - z_real.std(0)).pow(2).mean(),
+    }
+
+
+def feature_matching(f_fake: torch.Tensor, f_real: torch.Tensor, mode: str) -> torch.Tensor:
+    """Eq. 14: mean squared L2 between paired features (``pairwise``), or between their batch
+    means (``mean``), per feature."""
+    if mode == "mean":
+        return (f_fake.mean(0) - f_real.mean(0)).pow(2).mean()
+    return (f_fake - f_real).pow(2).sum(1).mean() / f_fake.shape[1]
+
+
+def weighted_sum(losses: Mapping[str, torch.Tensor], lambdas: Lambdas) -> torch.Tensor:
+    """Eq. 15: ``sum_k lambda_k L_k`` over the given losses, in their order."""
+    return sum(getattr(lambdas, name) * loss for name, loss in losses.items())
