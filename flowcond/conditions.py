@@ -47,6 +47,10 @@ class ConditionKind(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: pydantic model of :meth:`state` (None: not validated). A kind rebuilt from a heads file
+    #: gets its state from the file, so bounds belong here (a class count of 10**9 is refused
+    #: before an input module of that width is built)
+    State: ClassVar[type[BaseModel] | None] = None
     supervised: ClassVar[bool] = True
     #: form of a ``--condition`` value, shown in parse errors, e.g. ``"ids=3"``
     value_help: ClassVar[str] = ""
@@ -60,7 +64,7 @@ class ConditionKind(ABC):
         self, options: BaseModel | dict[str, Any] | None, state: dict[str, Any] | None = None
     ) -> None:
         self.options = self.parse_options(options)
-        self.state_dict_ = dict(state or {})
+        self.state_dict_ = self.parse_state(state)
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -78,6 +82,23 @@ class ConditionKind(ABC):
             raise ConfigError(
                 f"condition plugin {cls.name!r}: invalid options: {msgs} (its options: {fields})"
             ) from None
+
+    @classmethod
+    def parse_state(cls, state: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate a state with :attr:`State` (if set); ConfigError naming the plugin and field."""
+        if state is not None and not isinstance(state, dict):
+            raise ConfigError(
+                f"condition plugin {cls.name!r}: invalid state: must be an object, not {type(state).__name__}"
+            )
+        state = dict(state or {})
+        if cls.State is None:
+            return state
+        try:
+            model = cls.State.model_validate(state)
+        except ValidationError as e:
+            msgs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'state'}: {x['msg']}" for x in e.errors())
+            raise ConfigError(f"condition plugin {cls.name!r}: invalid state: {msgs}") from None
+        return {**state, **model.model_dump(include=set(state))}
 
     @classmethod
     @abstractmethod

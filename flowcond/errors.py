@@ -40,12 +40,18 @@ def exception_line(exc: BaseException) -> str:
 
 @dataclass
 class LoadError:
-    """A plugin that could not be loaded or whose hook raised (recorded, printed as a warning)."""
+    """A plugin that could not be loaded or whose hook raised (recorded, printed as a warning).
+
+    ``failed=False``: a warning that is not a failure of the plugin (a command it may not
+    replace, refused) or, with ``plugin=""``, about a ``FLOWCOND_*`` setting."""
 
     plugin: str
     distribution: str | None
     error: str
+    failed: bool = True
 
     def __str__(self) -> str:
+        if not self.plugin:
+            return self.error
         dist = f" (from {self.distribution})" if self.distribution else ""
-        return f"plugin {self.plugin!r}{dist} failed: {self.error}"
+        return f"plugin {self.plugin!r}{dist}{' failed' if self.failed else ''}: {self.error}"

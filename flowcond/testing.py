@@ -54,6 +54,7 @@ class PluginSandbox:
 
     def __init__(self, autoload: bool = True, registry: PluginRegistry | None = None) -> None:
         from flowcond import registry as registry_module
+        from flowcond.registry.guards import command_owners
 
         self.registry = registry if registry is not None else registry_module.default
         if self.registry is registry_module.default:
@@ -65,6 +66,7 @@ class PluginSandbox:
         self._saved = self.registry.snapshot()
         cli = self._cli()
         self._commands = dict(cli.commands) if cli is not None else None
+        self._owners = dict(command_owners(cli)) if cli is not None else None
         self._counter = 0
         if not autoload:
             self.registry.clear(autoload=False)  # and entry points are not loaded
@@ -80,11 +82,16 @@ class PluginSandbox:
 
     def close(self) -> None:
         """Restore the registry (plugins, load errors, autoload state) and the CLI commands."""
+        from flowcond.registry.guards import command_owners
+
         self.registry.restore(self._saved)
         cli = self._cli()
         if cli is not None and self._commands is not None:
             cli.commands.clear()
             cli.commands.update(self._commands)
+            owners = command_owners(cli)  # which plugin added which command
+            owners.clear()
+            owners.update(self._owners or {})
 
     # ------------------------------------------------------------- actions
     @property

@@ -9,7 +9,9 @@ Each trainer is its own loop that reads top to bottom; what they share lives her
 * :func:`progress_bar` (tqdm, off with ``progress=False``) and :class:`Stopwatch` (training
   seconds, resumable, with pauses for evaluation);
 * :func:`checkpoint_path` and :func:`refuse_changes`, for checkpoints written and read with
-  :mod:`flowcond.io.checkpoint`.
+  :mod:`flowcond.io.checkpoint`; :func:`dataset_binding`, what a checkpoint records of its data;
+  :func:`refuse_shorter`, for a resumed run asked to stop before where its checkpoint is;
+* :func:`check_labels`: a dataset's labels against its schema (one-line :class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError, FlowcondError
+from flowcond.io.outputs import checkpoint_path  # noqa: F401  (part of the trainers' toolkit)
 
 
 @contextmanager
@@ -42,12 +46,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    """Where the checkpoint of a run writing ``OUT.safetensors`` goes: ``OUT.ckpt.safetensors``."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".ckpt.safetensors")
 
 
 def optimizer_step(
@@ -161,3 +159,75 @@ def refuse_changes(
             f"{path}: the checkpoint was written for {what} {was} (now {now}); resume with the "
             f"same options or choose another --out"
         )
+
+
+def refuse_shorter(path: str | Path, option: str, asked: int | None, done: int, unit: str) -> None:
+    """A one-line :class:`ConfigError` when a resumed run asks for ``asked`` (``--option``) but its
+    checkpoint has already run ``done`` ``unit``: the run could not be what the option says."""
+    if asked is not None and asked < done:
+        raise ConfigError(
+            f"{path}: the checkpoint has already run {done} {unit}, more than {option} {asked}; "
+            f"resume with {option} {done} or more, or choose another --out"
+        )
+
+
+def labels_fingerprint(dataset: ImageDataset) -> str:
+    """A short content hash of every label tensor of ``dataset``."""
+    from flowcond.io.safefile import content_hash
+
+    return content_hash(dict(dataset.labels))[:16]
+
+
+def dataset_binding(dataset: ImageDataset) -> dict[str, Any]:
+    """What a checkpoint records of the data it trains on, compared on resume: name, split, size,
+    a fingerprint of the labels and the rest of the spec (less ``root``: data may move)."""
+    import json
+
+    spec = {k: v for k, v in dataset.spec.items() if k != "root"}
+    binding = {
+        "name": spec.pop("name", None),
+        "split": spec.pop("split", None),
+        "size": len(dataset),
+        "labels": labels_fingerprint(dataset),
+        "spec": spec,
+    }
+    return json.loads(json.dumps(binding, default=str))  # as it reads back from a header
+
+
+def label_problem(values: torch.Tensor, field: LabelField, rows: int) -> str | None:
+    """What is wrong with ``rows`` labels ``values`` of ``field`` (``None``: nothing).
+
+    Categorical: integer class indices ``(rows,)`` in ``0 .. size - 1``; binary: ``(rows, size)``
+    in {0, 1}; continuous: ``(rows, size)`` (any value: NaN may mean "not measured").
+    """
+    want = (rows,) if field.kind == "categorical" else (rows, field.size)
+    if not torch.is_tensor(values):
+        return f"are a {type(values).__name__}, not a tensor"
+    if tuple(values.shape) != want:
+        return f"have shape {tuple(values.shape)}, expected {want}"
+    if values.is_complex():
+        return f"are {values.dtype}"
+    if field.kind == "categorical":
+        if values.is_floating_point() or values.dtype == torch.bool:
+            return f"are {values.dtype}, expected integer class indices"
+        if rows and (int(values.min()) < 0 or int(values.max()) >= field.size):
+            return (
+                f"have values {int(values.min())}..{int(values.max())} outside the "
+                f"{field.size} classes 0..{field.size - 1}"
+            )
+    elif field.kind == "binary" and not ((values == 0) | (values == 1)).all():
+        return "have values other than 0 and 1"
+    return None
+
+
+def check_labels(dataset: ImageDataset) -> None:
+    """A one-line :class:`ConfigError` naming the dataset and field of labels that do not fit the
+    dataset's label schema (see :func:`label_problem`)."""
+    for name, field in dataset.schema.items():
+        values = dataset.labels.get(name)
+        problem = "are missing" if values is None else label_problem(values, field, len(dataset))
+        if problem:
+            raise ConfigError(
+                f"dataset {dataset.spec.get('name')!r} ({dataset.spec.get('split')} split): labels "
+                f"of field {name!r} ({field.kind}, size {field.size}) {problem}"
+            )

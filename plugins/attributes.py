@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from flowcond import hookimpl
 from flowcond.conditions import ConditionKind, label_field
@@ -50,11 +50,36 @@ class AttributesOptions(BaseModel):
         return v
 
 
+class AttributesState(BaseModel):
+    """State of ``attributes`` (from the dataset; stored in heads files)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    columns: list[StrictInt] = Field(min_length=1, max_length=100_000)
+    names: list[str] = Field(min_length=1, max_length=100_000)
+    frequencies: list[float] = Field(min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AttributesState:
+        n = len(self.names)
+        if len(self.columns) != n or len(self.frequencies) != n:
+            raise ValueError(
+                f"{n} names, {len(self.columns)} columns and {len(self.frequencies)} frequencies"
+            )
+        if any(c < 0 for c in self.columns):
+            raise ValueError("columns must be >= 0")
+        if not all(0.0 <= p <= 1.0 for p in self.frequencies):  # NaN too
+            raise ValueError("frequencies must be in [0, 1]")
+        return self
+
+
 class Attributes(ConditionKind):
     """Binary attributes: multi-hot input, BCE head, prior from the dataset's frequencies."""
 
     name = "attributes"
     Options = AttributesOptions
+    State = AttributesState
     supervised = True
     label_kind = "binary"
     value_help = (

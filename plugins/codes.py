@@ -29,11 +29,18 @@ class CodesOptions(BaseModel):
     )
 
 
+class CodesState(BaseModel):
+    """State of ``codes``: nothing (codes need no dataset)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class Codes(ConditionKind):
     """Unsupervised codes: Uniform(-1, 1) with an MSE head, or binomial {0, 1} with BCE."""
 
     name = "codes"
     Options = CodesOptions
+    State = CodesState
     supervised = False
     value_help = (
         "codes=0.5,-1 (one number per code: in [-1, 1] for uniform codes, 0 or 1 for binomial), "

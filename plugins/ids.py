@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from flowcond import hookimpl
 from flowcond.conditions import ConditionKind, label_field
@@ -30,11 +30,28 @@ class IdsOptions(BaseModel):
     embedding_dim: int = Field(64, ge=1, description="width of the learned embedding")
 
 
+class IdsState(BaseModel):
+    """State of ``ids`` (from the dataset; stored in heads files)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    classes: StrictInt = Field(ge=1, le=10_000_000, description="number of classes")
+    names: list[str] = Field(default_factory=list, description="class names (may be empty)")
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> IdsState:
+        if len(self.names) > self.classes:
+            raise ValueError(f"{len(self.names)} class names for {self.classes} classes")
+        return self
+
+
 class Ids(ConditionKind):
     """Categorical ids (class, identity): one-hot or embedding input, cross-entropy head."""
 
     name = "ids"
     Options = IdsOptions
+    State = IdsState
     supervised = True
     label_kind = "categorical"
     value_help = "ids=3 (a class index) or ids=NAME (a class name, if the dataset names them)"

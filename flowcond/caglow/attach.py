@@ -11,11 +11,15 @@ encode the dataset once into the latent cache, then alternate
 
 weighted by ``lambdas`` (Eq. 15); the losses are in :mod:`flowcond.caglow.losses`. Checkpoints
 every ``checkpoint_every`` steps hold the weights, both optimizers and the random generator, so
-``resume`` continues exactly; a checkpoint of another backbone or other options is refused.
+``resume`` continues exactly. A checkpoint records what it trains (the backbone hash, the plugins
+with their versions, options and state, the data and the attach options); resuming it with any of
+these changed is refused with a one-line error naming the fields, except ``steps``, which may be
+raised to train on (the summary lists the segments run).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -28,27 +32,35 @@ from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
 from flowcond.caglow.latents import LatentCache
 from flowcond.caglow.losses import encoder_losses, supervision_losses, weighted_sum
+from flowcond.conditions import ConditionKind
 from flowcond.datasets import ImageDataset, load_dataset
-from flowcond.errors import ConfigError, FlowcondError
+from flowcond.errors import ConfigError, FileFormatError, FlowcondError
 from flowcond.flow.backbone import Backbone
 from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from flowcond.io.outputs import check_locations
 from flowcond.training import (
     SkipBudget,
     Stopwatch,
+    check_labels,
     checkpoint_path,
+    dataset_binding,
     optimizer_step,
     progress_bar,
     refuse_changes,
+    refuse_shorter,
     torch_threads,
 )
 
 __all__ = ["AttachConfig", "attach", "build_kinds", "checkpoint_path", "evaluate_heads"]
 
 CHECKPOINT_KIND = "heads-checkpoint"
-#: attach options a resumed run may change: the number of steps, checkpointing, threads and where
-#: data and cache live (every other one must be the checkpoint's, as must the backbone)
-MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "threads", "root", "download", "cache_dir")
+#: attach options a resumed run may change: the number of steps (raised), checkpointing, threads
+#: and where data and cache live; ``dataset`` is checked as the data itself (dataset_binding).
+#: Every other one must be the checkpoint's, as must the backbone, plugins and data.
+MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "threads", "root", "download", "cache_dir", "dataset")
 RESUME_KEYS = tuple(k for k in AttachConfig.model_fields if k not in MAY_CHANGE_ON_RESUME)
+#: what every checkpoint records of what it trains (and their JSON types), checked on resume
+BINDINGS = {"backbone_hash": str, "plugins": dict, "data": dict, "attach_config": dict}
 
 
 def build_kinds(config: AttachConfig, dataset: Any) -> dict:
@@ -108,6 +120,7 @@ def attach(
     backbone_path = None
     if not isinstance(backbone, Backbone):
         backbone_path = str(backbone)
+        check_locations({"out": out, "checkpoint": checkpoint_path(out)}, {"backbone": backbone_path})
         backbone = Backbone.load(backbone)
     backbone.freeze()
     train, test = _datasets(backbone, config)
@@ -118,10 +131,8 @@ def attach(
     cache = LatentCache.build(backbone, train, config.cache_dir, progress=progress)
     test_cache = LatentCache.build(backbone, test, config.cache_dir, progress=progress)
     encode_seconds = time.perf_counter() - t0
-    z_all, labels_all = cache.load_all()
+    z_all, labels_all = cache.load_all()  # checked: finite latents, the dataset's labels
     z_test, labels_test = test_cache.load_all()
-    if not torch.isfinite(z_all).all():
-        raise FlowcondError(f"the latent cache {cache.folder} holds non-finite latents; delete it and retry")
 
     torch.manual_seed(config.seed)
     heads = Heads(backbone, kinds, config)
@@ -137,9 +148,12 @@ def attach(
     }
     ckpt = checkpoint_path(out)
     bb_hash = backbone.content_hash
-    state: dict[str, Any] = {"step": 0, "skipped": 0, "train_seconds": 0.0}
+    binding = {"backbone_hash": bb_hash, "plugins": plugin_binding(kinds), "data": dataset_binding(train)}
+    state: dict[str, Any] = {"step": 0, "skipped": 0, "train_seconds": 0.0, "segments": []}
     if resume and ckpt.exists():
-        state = _resume(ckpt, config, bb_hash, parts, tuple(state))
+        state = _resume(ckpt, config, binding, parts, ("step", "skipped", "train_seconds"))
+    segment = {"from": state["step"], "to": state["step"]}  # the steps this run trains
+    state["segments"].append(segment)
     budget = SkipBudget(
         max(10, config.steps // 10),
         lambda n: f"attach diverged: {n} non-finite steps; lower --lr; the last good checkpoint is {ckpt}",
@@ -166,7 +180,7 @@ def attach(
             if not optimizer_step(weighted_sum(le, lam), opt_e, enc_params):
                 budget.skip()
                 continue
-            state["step"] = step + 1
+            state["step"] = segment["to"] = step + 1
             if step % 25 == 0:
                 bar.set_postfix(
                     Di=f"{ld['Di'].item():.3f}",
@@ -177,7 +191,7 @@ def attach(
                 )
             if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
                 state["skipped"], state["train_seconds"] = budget.skipped, clock.seconds
-                extra = {"attach_config": config.model_dump(), "backbone_hash": bb_hash}
+                extra = {"attach_config": config.model_dump(), **binding}
                 save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
         bar.close()
     state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
@@ -187,6 +201,7 @@ def attach(
     summary = {
         "dataset": train.spec,
         "steps": state["step"],
+        "segments": [s for s in state["segments"] if s["to"] > s["from"]],
         "skipped_steps": state["skipped"],
         "encode_seconds": round(encode_seconds, 2),
         "train_seconds": round(state["train_seconds"], 2),
@@ -204,6 +219,8 @@ def _datasets(backbone: Backbone, config: AttachConfig) -> tuple[ImageDataset, I
         raise ConfigError("the backbone file names no training dataset: pass --dataset")
     train = load_dataset(name, "train", root=config.root, download=config.download)
     test = load_dataset(name, "test", root=config.root, download=config.download)
+    check_labels(train)  # a one-line error, not a traceback mid-training
+    check_labels(test)
     if tuple(train.image_shape) != backbone.image_shape:
         raise ConfigError(
             f"dataset {name!r} has images {tuple(train.image_shape)}, the backbone "
@@ -212,20 +229,55 @@ def _datasets(backbone: Backbone, config: AttachConfig) -> tuple[ImageDataset, I
     return train, test
 
 
+def plugin_binding(kinds: dict[str, ConditionKind]) -> dict[str, Any]:
+    """What a checkpoint records of its plugins (as in the heads file): their order, and for each
+    the registering plugin, its version, options and state."""
+    out: dict[str, Any] = {"order": list(kinds)}
+    known = registry.condition_kinds()
+    for name, kind in kinds.items():
+        reg = known.get(name)
+        mod = registry.pm.get_plugin(reg.plugin) if reg and reg.plugin else None
+        out[f"{name}.plugin"] = reg.plugin if reg else None
+        out[f"{name}.version"] = registry.plugin_version(mod) if mod else None
+        out[f"{name}.options"] = kind.options.model_dump()
+        out[f"{name}.state"] = kind.state()
+    return json.loads(json.dumps(out, default=str))  # as it reads back from the header
+
+
 def _resume(
-    ckpt: Path, config: AttachConfig, bb_hash: str, parts: dict[str, Any], keys: tuple[str, ...]
+    ckpt: Path, config: AttachConfig, binding: dict[str, Any], parts: dict[str, Any], keys: tuple[str, ...]
 ) -> dict[str, Any]:
     """Restore heads, optimizers and generator from ``ckpt``; return its ``keys`` of the state.
 
-    Refuses (one-line :class:`ConfigError`) a checkpoint of another backbone or other options.
+    Refuses (one-line :class:`ConfigError`) a checkpoint of another backbone, other plugins, other
+    data or other options, one that records none of these (written by an older flowcond), and
+    ``steps`` below the step the checkpoint is at.
     """
     old = checkpoint_state(ckpt, CHECKPOINT_KIND)
-    if "backbone_hash" in old:  # older checkpoints did not record it
-        refuse_changes(ckpt, "backbone", {"hash": old["backbone_hash"][:16]}, {"hash": bb_hash[:16]})
-    old_config = old.get("attach_config") or {}
-    refuse_changes(ckpt, "attach options", old_config, config.model_dump(), RESUME_KEYS)
+    missing = [k for k, t in BINDINGS.items() if not isinstance(old.get(k), t)]
+    if missing:
+        raise ConfigError(
+            f"{ckpt}: the checkpoint does not record its {', '.join(missing)} (written by an older "
+            f"flowcond), so what it trained cannot be checked; delete it to start over, or choose "
+            f"another --out"
+        )
+    old_hash, new_hash = old["backbone_hash"][:16], binding["backbone_hash"][:16]
+    refuse_changes(ckpt, "backbone", {"hash": old_hash}, {"hash": new_hash})
+    refuse_changes(ckpt, "attach options", old["attach_config"], config.model_dump(), RESUME_KEYS)
+    refuse_changes(ckpt, "plugins", old["plugins"], binding["plugins"])
+    refuse_changes(ckpt, "dataset", old["data"], binding["data"])
+    if isinstance(old.get("step"), int):
+        refuse_shorter(ckpt, "--steps", config.steps, old["step"], "steps")
     header = load_checkpoint(ckpt, CHECKPOINT_KIND, **parts, require=keys)
-    return {k: header[k] for k in keys}
+    state = {k: header[k] for k in keys}
+    if not (isinstance(state["step"], int) and isinstance(state["skipped"], int)):
+        raise FileFormatError(ckpt, "invalid checkpoint: step and skipped must be integers")
+    segments = header.get("segments")
+    valid = isinstance(segments, list) and all(
+        isinstance(s, dict) and {"from", "to"} <= s.keys() for s in segments
+    )
+    state["segments"] = segments if valid else [{"from": 0, "to": state["step"]}]
+    return state
 
 
 def _batch(

@@ -9,26 +9,34 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowcond.flow.config import SEED_MAX
+
+#: the largest loss weight accepted (the losses are O(1): larger weights only overflow)
+MAX_LAMBDA = 1e6
+
 
 class Lambdas(BaseModel):
     """Loss weights of Eq. 15 (``L_F`` belongs to backbone training and is not used here)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    E: float = Field(1.0, ge=0, description="encoder adversarial loss, Eq. 10")
-    Di: float = Field(1.0, ge=0, description="discriminator loss, Eq. 11")
-    C: float = Field(1.0, ge=0, description="classification of supervised conditions, Eq. 12")
-    De: float = Field(1.0, ge=0, description="decoding of unsupervised codes, Eq. 13")
-    FM: float = Field(1.0, ge=0, description="pairwise feature matching, Eq. 14")
+    E: float = Field(1.0, ge=0, le=MAX_LAMBDA, description="encoder adversarial loss, Eq. 10")
+    Di: float = Field(1.0, ge=0, le=MAX_LAMBDA, description="discriminator loss, Eq. 11")
+    C: float = Field(1.0, ge=0, le=MAX_LAMBDA, description="classification of supervised conditions, Eq. 12")
+    De: float = Field(1.0, ge=0, le=MAX_LAMBDA, description="decoding of unsupervised codes, Eq. 13")
+    FM: float = Field(1.0, ge=0, le=MAX_LAMBDA, description="pairwise feature matching, Eq. 14")
     MM: float = Field(
-        0.0, ge=0, description="not in the paper: match per-dimension mean and std of generated latents"
+        0.0,
+        ge=0,
+        le=MAX_LAMBDA,
+        description="not in the paper: match per-dimension mean and std of generated latents",
     )
 
 
 class AttachConfig(BaseModel):
     """Everything ``attach`` needs besides the backbone; stored in the heads file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     plugins: list[str] = Field(min_length=1)
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -57,10 +65,10 @@ class AttachConfig(BaseModel):
     )
     steps: int = Field(3000, ge=1, description="training steps (D and E updates)")
     batch_size: int = Field(128, ge=2)
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate")
-    beta1: float = 0.5
+    lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate")
+    beta1: float = Field(0.5, ge=0, lt=1)
     lambdas: Lambdas = Field(default_factory=Lambdas)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     checkpoint_every: int = Field(500, ge=1)
     threads: int | None = Field(
         1,

@@ -1,17 +1,95 @@
 """Generation with attached heads: interpolation, cumulative edits, code sweeps (paper Fig. 4-7).
 
 Each function returns images ``(rows * cols, C, H, W)`` laid out row by row, one row per noise
-draw, plus a label per row/column, ready for :func:`flowcond.io.images.save_grid`.
+draw, plus a label per row/column, ready for :func:`flowcond.io.images.save_grid`. Counts
+(``n``, ``rows``, ``steps``) must be at least 1, seeds in ``[0, 2**63 - 1]`` and temperatures
+finite in ``[0, MAX_TEMPERATURE]``: anything else is a one-line :class:`ConfigError` before any
+work. Non-finite pixels are a :class:`FlowcondError` (:meth:`Backbone.decode`), never returned.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from flowcond.caglow.heads import Heads
 from flowcond.errors import ConfigError
+from flowcond.flow.config import SEED_MAX, check_temperature
+
+#: the most images one call generates: all of them are held in memory at once
+MAX_IMAGES = 1_000_000
+
+
+def request_bytes(heads: Heads, n: int) -> int:
+    """About how much memory generating ``n`` images at once takes (float32 images, latents,
+    noise and encoder inputs, each held for all ``n``)."""
+    per_image = 4 * heads.backbone.latent_dim + heads.encoder.noise_dim + heads.cond_dim
+    return 4 * n * per_image
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``), None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_request_size(heads: Heads, n: int, what: str = "--n") -> None:
+    """Refuse up front (one-line ConfigError, with the memory it would take) to generate more
+    than :data:`MAX_IMAGES` images at once, or more than fit in 80% of the available memory."""
+    need = request_bytes(heads, n)
+    avail = available_memory()
+    if n > MAX_IMAGES or (avail is not None and need > 0.8 * avail):
+        shape = "x".join(map(str, heads.backbone.image_shape))
+        free = f"{avail / 2**30:.1f} GiB available" if avail is not None else "available memory unknown"
+        raise ConfigError(
+            f"{what} {n}: generating {n} images of {shape} at once would need about "
+            f"{need / 2**30:.1f} GiB of memory ({free}; at most {MAX_IMAGES:,} images per run); "
+            f"generate fewer, e.g. in several runs with different --seed"
+        )
+
+
+def check_counts(temperature: float, seed: int, **counts: int) -> None:
+    """``counts`` (``rows=4, steps=8``) integers >= 1, ``seed`` in range, ``temperature`` finite."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed!r}: must be an integer in [0, {SEED_MAX}]")
+    check_temperature(temperature, allow_zero=True)
+
+
+def sweep_plugin(heads: Heads, plugin: str | None, code: int = 0) -> str:
+    """The plugin ``explore`` sweeps: ``plugin``, else the first unsupervised one; it must be
+    attached, have a value range and a component ``code``. A one-line ConfigError otherwise."""
+    sweepable = [n for n, k in heads.kinds.items() if k.value_range is not None]
+    if plugin is None:
+        names = [n for n, k in heads.kinds.items() if not k.supervised]
+        if not names:
+            raise ConfigError(
+                "explore needs an attached unsupervised code plugin (e.g. --plugin codes); this "
+                f"heads file has {', '.join(heads.kinds)}"
+            )
+        plugin = names[0]
+    if plugin not in heads.kinds:
+        raise ConfigError(
+            f"--plugin {plugin}: not attached to this heads file (it has {', '.join(heads.kinds)})"
+        )
+    kind = heads.kinds[plugin]
+    if kind.value_range is None:
+        hint = f"; plugins with one: {', '.join(sweepable)}" if sweepable else ""
+        raise ConfigError(f"--plugin {plugin}: condition plugin {plugin!r} has no value range to sweep{hint}")
+    width = kind.target_shape[0] if kind.target_shape else 1
+    if not 0 <= code < width:
+        raise ConfigError(f"--code {code}: plugin {plugin!r} has codes 0..{width - 1}")
+    return plugin
 
 
 def _row_noise(
@@ -33,6 +111,7 @@ def interpolate(
     seed: int = 0,
 ) -> torch.Tensor:
     """Linear interpolation of the encoder input from ``start`` to ``end`` conditions (Fig. 5)."""
+    check_counts(temperature, seed, steps=steps, rows=rows)
     g = torch.Generator().manual_seed(seed)
     base = heads.sample_targets(rows, None, g)
     a = heads.condition_input({**base, **heads.expand_targets(rows, start)})
@@ -53,6 +132,7 @@ def manipulate(
     seed: int = 0,
 ) -> tuple[torch.Tensor, list[str]]:
     """Cumulative edits (Fig. 4): column 0 is ``start``, column k applies the first k ``--add`` edits."""
+    check_counts(temperature, seed, rows=rows)
     g = torch.Generator().manual_seed(seed)
     targets = heads.sample_targets(rows, start, g)
     columns, labels = [dict(targets)], ["start"]
@@ -86,25 +166,21 @@ def explore(
     seed: int = 0,
 ) -> tuple[torch.Tensor, list[float]]:
     """Sweep unsupervised code ``code`` over its range, everything else fixed per row (Fig. 6, 7)."""
-    names = [n for n, k in heads.kinds.items() if not k.supervised] if plugin is None else [plugin]
-    if not names or names[0] not in heads.kinds:
-        raise ConfigError("explore needs an attached unsupervised code plugin (e.g. --plugin codes)")
-    name = names[0]
+    check_counts(temperature, seed, steps=steps, rows=rows)
+    name = sweep_plugin(heads, plugin, code)
     kind = heads.kinds[name]
-    width = kind.target_shape[0] if kind.target_shape else 1
-    if not 0 <= code < width:
-        raise ConfigError(f"--code {code}: plugin {name!r} has codes 0..{width - 1}")
     g = torch.Generator().manual_seed(seed)
     targets = heads.sample_targets(rows, given, g)
-    if kind.value_range is None:
-        raise ConfigError(f"explore: condition plugin {name!r} has no value range to sweep")
     lo, hi = kind.value_range
     values = torch.linspace(lo, hi, steps)
     cols = []
     for v in values:
         t = dict(targets)
         t[name] = targets[name].clone()
-        t[name][:, code] = v
+        if t[name].dim() == 1:
+            t[name][:] = v
+        else:
+            t[name][:, code] = v
         cols.append(heads.condition_input(t))
     c = torch.stack(cols, dim=1).reshape(rows * steps, -1)
     eps, eps_res = _row_noise(heads, rows, steps, temperature, g)
@@ -122,6 +198,7 @@ def sample_rows(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
     """``n`` samples where each row of ``per_row`` images shares its conditions (given ones fixed,
     others drawn once per row from their priors). Returns images, targets and a label per row."""
+    check_counts(temperature, seed, n=n, per_row=per_row)
     g = torch.Generator().manual_seed(seed)
     rows = -(-n // per_row)
     row_targets = heads.sample_targets(rows, given, g)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from flowcond.caglow.config import AttachConfig
@@ -22,6 +23,7 @@ from flowcond.caglow.supervision import SupervisionBlock
 from flowcond.conditions import ConditionKind
 from flowcond.errors import ConfigError, FileFormatError, PluginError
 from flowcond.flow.backbone import Backbone
+from flowcond.flow.header import field_errors
 from flowcond.io import safefile
 
 KIND = "heads"
@@ -120,6 +122,13 @@ class Heads(nn.Module):
     def noise(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``(eps, eps_res)`` for ``n`` samples at ``temperature`` (finite, in
+        ``[0, MAX_TEMPERATURE]``: anything else is a :class:`ConfigError`)."""
+        from flowcond.flow.config import check_temperature
+
+        check_temperature(temperature, allow_zero=True)
+        if n < 0:
+            raise ConfigError(f"cannot draw noise for {n} samples")
         eps = torch.randn(n, self.encoder.noise_dim, generator=generator) * temperature
         eps_res = torch.randn(n, self.backbone.latent_dim, generator=generator) * temperature
         return eps, eps_res
@@ -159,7 +168,8 @@ class Heads(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Latents -> images through the frozen backbone, in batches."""
+        """Latents -> images through the frozen backbone, in batches. Non-finite latents or
+        pixels are a FlowcondError saying how many of how many (:meth:`Backbone.decode`)."""
         return self.backbone.decode_in_batches(z, batch_size)
 
     @torch.no_grad()
@@ -173,7 +183,18 @@ class Heads(nn.Module):
         """``n`` images ``x = F^-1(E(c, eps))`` for the given conditions (others from their priors).
 
         ``conditions`` is ``{"ids": tensor(7)}`` or ``["ids=7"]``. Returns (images, targets).
+        ``n >= 1``, ``temperature`` finite in ``[0, MAX_TEMPERATURE]``, ``seed`` in
+        ``[0, 2**63 - 1]``: anything else is a :class:`ConfigError`.
         """
+        import numbers
+
+        from flowcond.flow.config import SEED_MAX, check_temperature
+
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ConfigError(f"n={n!r}: the number of images must be an integer >= 1")
+        check_temperature(temperature, allow_zero=True)
+        if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed <= SEED_MAX):
+            raise ConfigError(f"seed={seed!r}: must be an integer in [0, {SEED_MAX}]")
         if conditions is not None and not isinstance(conditions, Mapping):
             conditions = self.parse_conditions(list(conditions))
         g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -219,46 +240,121 @@ class Heads(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, backbone: Backbone | str | os.PathLike | None = None) -> Heads:
-        """Validate and load a heads file onto ``backbone`` (default: the backbone path it records)."""
+        """Validate and load a heads file onto ``backbone`` (default: the backbone path it records,
+        relative to the heads file's folder first, then to the current directory).
+
+        The header is validated before anything is built (a FileFormatError names the file and
+        the field), and the tensors its plugins and attach config imply (from a build on the
+        ``meta`` device, which allocates nothing) are compared with the ones the file holds.
+        """
         from flowcond import registry
 
-        header = safefile.read_header(path, KIND)
-        bb_info = header.get("backbone") or {}
+        header, specs = safefile.read_layout(path, KIND)
+        info = check_heads_header(path, header)
         if backbone is None:
-            recorded = bb_info.get("path")
-            if not recorded:
-                raise FileFormatError(path, "records no backbone path; pass --backbone")
-            candidates = [Path(recorded), Path(path).parent / recorded]
-            found = next((p for p in candidates if p.is_file()), None)
-            if found is None:
-                raise FileFormatError(path, f"its backbone {recorded} was not found; pass --backbone")
-            backbone = found
+            backbone = _recorded_backbone(path, info.backbone.path)
         bb_path = backbone if not isinstance(backbone, Backbone) else None
         if bb_path is not None:
             backbone = Backbone.load(bb_path)
-        if backbone.content_hash != bb_info.get("content_hash"):
+        if backbone.content_hash != info.backbone.content_hash:
             where = f" ({bb_path})" if bb_path else ""
             raise FileFormatError(
                 path,
-                f"was attached to backbone {str(bb_info.get('content_hash'))[:12]}, not to the given "
+                f"was attached to backbone {info.backbone.content_hash[:12]}, not to the given "
                 f"backbone{where} {backbone.content_hash[:12]}",
             )
         kinds = {}
         available = registry.condition_kinds()
-        for entry in header.get("plugins", []):
-            name = entry["name"]
+        for i, entry in enumerate(info.plugins):
+            name = entry.name
             if name not in available:
                 raise PluginError(
-                    f"{path}: needs condition plugin {name!r} (from {entry.get('plugin')}, version "
-                    f"{entry.get('version')}), which is not installed"
+                    f"{path}: needs condition plugin {name!r} (from {entry.plugin}, version "
+                    f"{entry.version}), which is not installed"
                 )
-            kinds[name] = available[name].obj(entry.get("options"), entry.get("state", {}))
+            try:
+                kinds[name] = available[name].obj(entry.options, entry.state)
+            except ConfigError as e:
+                raise FileFormatError(path, f"plugins.{i} ({name}): {e}") from None
         try:
             config = AttachConfig(**header["attach_config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FileFormatError(path, f"invalid attach config in header: {e}") from None
+        except ValidationError as e:
+            raise FileFormatError(
+                path, f"invalid attach config in header: {field_errors('attach_config', e)}"
+            ) from None
+        expected = _expected_weights(path, backbone, kinds, config)
+        tensors, _ = safefile.read(path, KIND, expected, against="the header")
         heads = cls(backbone, kinds, config)
-        tensors, _ = safefile.read(path, KIND)
         safefile.load_weights(heads, tensors, path, against="the header")
         heads.metadata = {k: v for k, v in header.items() if k not in ("kind", "format_version")}
         return heads.eval()
+
+
+class BackboneRef(BaseModel):
+    """``backbone`` of a heads header: the backbone the heads were attached to."""
+
+    model_config = ConfigDict(extra="allow")
+
+    content_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    config: dict[str, Any] | None = None
+    path: str | None = Field(None, max_length=4096)
+
+
+class PluginEntry(BaseModel):
+    """One entry of ``plugins`` of a heads header: a condition kind and how to rebuild it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    plugin: str | None = None
+    version: str | None = None
+    options: dict[str, Any] | None = None
+    state: dict[str, Any]
+
+
+class HeadsHeader(BaseModel):
+    """The fields of a heads header :meth:`Heads.load` reads (others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backbone: BackboneRef
+    plugins: list[PluginEntry] = Field(min_length=1, max_length=256)
+    attach_config: dict[str, Any]
+    content_hash: str
+
+
+def check_heads_header(path: str | os.PathLike, header: dict[str, Any]) -> HeadsHeader:
+    """A heads header's fields with their types; FileFormatError naming the file and the field."""
+    try:
+        info = HeadsHeader.model_validate(header)
+    except ValidationError as e:
+        raise FileFormatError(path, f"invalid heads header: {field_errors('', e)}") from None
+    names = [p.name for p in info.plugins]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FileFormatError(path, f"invalid heads header: plugins: {', '.join(twice)} listed twice")
+    return info
+
+
+def _recorded_backbone(path: str | os.PathLike, recorded: str | None) -> Path:
+    """The backbone file a heads file records: relative to the heads file's folder first."""
+    if not recorded:
+        raise FileFormatError(path, "records no backbone path; pass --backbone")
+    rec = Path(recorded)
+    candidates = [rec] if rec.is_absolute() else [Path(path).parent / rec, rec]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise FileFormatError(path, f"its backbone {recorded} was not found; pass --backbone")
+    return found
+
+
+def _expected_weights(
+    path: str | os.PathLike, backbone: Backbone, kinds: dict[str, ConditionKind], config: AttachConfig
+) -> dict[str, safefile.TensorSpec]:
+    """The tensors of ``Heads(backbone, kinds, config)``, from a build on the meta device."""
+    try:
+        return safefile.meta_specs(lambda: Heads(backbone, kinds, config))
+    except Exception as e:  # what the header asks for cannot be built: the header is wrong
+        raise FileFormatError(
+            path, f"its plugins and attach config do not build heads: {safefile.one_line(e)}"
+        ) from None

@@ -12,7 +12,9 @@ plugins``, ``flowcond info FILE`` and ``flowcond CMD --help`` never import torch
 come from the config models (:mod:`flowcond.cli.options`).
 
 Plugins add commands with the historic hook ``register_commands``: it is called once the group
-exists, and for every plugin registered later (``--plugins-dir``, tests).
+exists, and for every plugin registered later (``--plugins-dir``, tests). A plugin may add
+commands, not replace or remove a built-in one or another plugin's (the registry refuses it, with
+a warning); a plugin that fails, exits or hangs while loading is reported and the command runs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from flowcond.errors import FlowcondError
 
 
 class _Group(click.Group):
-    """Prints flowcond errors as one line (no traceback) and reports broken plugins on stderr."""
+    """Prints flowcond errors as one line (no traceback) and reports broken plugins, refused
+    plugin commands and FLOWCOND_* settings not understood on stderr, one warning a line."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BaseException:  # --help, --version, a bad option: the warnings still show
+            _warn()
+            raise
 
     def invoke(self, ctx: click.Context):
         try:
@@ -33,9 +43,13 @@ class _Group(click.Group):
         except FlowcondError as e:
             raise click.ClickException(str(e)) from None
         finally:
-            for err in registry.load_errors:
-                click.echo(f"warning: {err}", err=True)
-            registry.load_errors.clear()
+            _warn()
+
+
+def _warn() -> None:
+    for err in registry.load_errors:
+        click.echo(f"warning: {err}", err=True)
+    registry.load_errors.clear()
 
 
 def _load_plugins_dir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:

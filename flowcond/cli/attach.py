@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from flowcond.caglow.config import AttachConfig, Lambdas
 from flowcond.cli.options import model_option, weights_help
 from flowcond.errors import ConfigError, validation_message
+from flowcond.io.outputs import Output, check_cache_dir, check_outputs, checkpoint_path, require_suffix
 
 
 def parse_kv(items: tuple[str, ...], what: str) -> dict[str, object]:
@@ -25,7 +26,7 @@ def parse_kv(items: tuple[str, ...], what: str) -> dict[str, object]:
             raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+        except (RecursionError, ValueError):  # not JSON (or absurdly nested / long): a string
             out[key.strip()] = value
     return out
 
@@ -68,10 +69,19 @@ def plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
 @model_option(AttachConfig, "threads", help="torch CPU threads for the training loop.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
 @model_option(AttachConfig, "cache_dir")
-@click.option("--out", type=click.Path(), required=True, help="Heads file to write (.safetensors).")
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Heads file to write (must end in .safetensors; never the backbone); its checkpoint is "
+    "OUT.ckpt.safetensors.",
+)
+@click.option("--force", is_flag=True, help="Replace existing files of another kind at the output paths.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def attach_cmd(ctx, backbone, plugin_names, options, lambdas, resume, out, quiet, supervision, **values):
+def attach_cmd(
+    ctx, backbone, plugin_names, options, lambdas, resume, out, force, quiet, supervision, **values
+):
     """Train condition heads (E + supervision block) on a frozen backbone (CAGlow stage 2)."""
     if ctx.get_parameter_source("supervision") in (None, click.core.ParameterSource.DEFAULT):
         supervision = values["encoder"]
@@ -85,6 +95,7 @@ def attach_cmd(ctx, backbone, plugin_names, options, lambdas, resume, out, quiet
         )
     except ValidationError as e:
         raise ConfigError(f"invalid attach configuration: {validation_message(e)}") from None
+    check_attach_outputs(backbone, out, config.cache_dir, force)
     from flowcond.caglow.attach import attach
 
     _, summary = attach(backbone, config, out, resume=resume, progress=not quiet)
@@ -93,6 +104,21 @@ def attach_cmd(ctx, backbone, plugin_names, options, lambdas, resume, out, quiet
     )
     for key, value in summary["metrics"].items():
         click.echo(f"  {key}: {json.dumps(value)}")
+
+
+def check_attach_outputs(backbone: str, out: str, cache_dir: str | None, force: bool) -> None:
+    """The output rule for ``attach``, before any work: ``--out`` a ``.safetensors`` that is not
+    the backbone, a checkpoint beside it that is not the backbone either, a writable cache."""
+    path = require_suffix(out, "--out", (".safetensors",), "a heads file")
+    check_outputs(
+        [
+            Output(path, "--out", "heads"),
+            Output(checkpoint_path(path), "the checkpoint", "heads-checkpoint"),
+        ],
+        {"--backbone": backbone},
+        force,
+    )
+    check_cache_dir(cache_dir)
 
 
 COMMANDS = [attach_cmd]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from flowcond.cli.options import model_option, options
-from flowcond.errors import ConfigError, FileFormatError, validation_message
+from flowcond.errors import ConfigError, validation_message
 from flowcond.flow.config import BackboneConfig, TrainConfig
+from flowcond.io.outputs import Output, check_outputs, checkpoint_path, require_suffix
 
 _backbone_options = options(
     model_option(BackboneConfig, "levels"),
@@ -66,15 +66,22 @@ _train_options = options(
     "--samples",
     type=click.Path(),
     default=None,
-    help="Sample grid PNG to write at the end [default: OUT with .png].",
+    help="Sample grid PNG to write at the end [default: OUT with .png instead of .safetensors].",
 )
-@click.option("--out", type=click.Path(), required=True, help="Backbone file to write (.safetensors).")
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Backbone file to write (must end in .safetensors); its checkpoint is OUT.ckpt.safetensors.",
+)
+@click.option("--force", is_flag=True, help="Replace existing files of another kind at the output paths.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_backbone_cmd(dataset, root, download, samples, out, quiet, compile_, **values):
+def train_backbone_cmd(dataset, root, download, samples, out, force, quiet, compile_, **values):
     """Train a multi-scale Glow backbone by maximum likelihood (stage 1)."""
     from flowcond.datasets import load_dataset
     from flowcond.flow.train import save_sample_grid, train_backbone
 
+    png = check_backbone_outputs(out, samples, force)
     shape = load_dataset(dataset, "train", root=root, download=download).image_shape
     backbone_fields = set(BackboneConfig.model_fields)
     try:
@@ -96,7 +103,6 @@ def train_backbone_cmd(dataset, root, download, samples, out, quiet, compile_, *
     except ValidationError as e:
         raise ConfigError(f"invalid configuration: {validation_message(e)}") from None
     model, summary = train_backbone(bcfg, tcfg)
-    png = Path(samples) if samples else Path(out).with_suffix(".png")
     save_sample_grid(model, png)
     n_bad = summary["test_images_worse_than_uniform"]
     median = (
@@ -110,25 +116,34 @@ def train_backbone_cmd(dataset, root, download, samples, out, quiet, compile_, *
     )
 
 
-def check_backbone_header(path: str, header: dict[str, Any]) -> BackboneConfig:
-    """What ``Backbone.read_config`` checks of a backbone header, without torch."""
-    from flowcond.io.safefile import one_line
+def check_backbone_outputs(out: str, samples: str | None, force: bool) -> Path:
+    """The output rule for ``train-backbone`` (before any work); returns the sample grid path.
 
-    if "config" not in header:
-        raise FileFormatError(path, "backbone header has no config")
-    try:
-        config = BackboneConfig.from_header(header["config"])
-    except (TypeError, ValueError) as e:
-        raise FileFormatError(path, f"invalid backbone config in header: {one_line(e)}") from None
-    if not isinstance(header.get("content_hash"), str):
-        raise FileFormatError(path, "backbone header has no content hash")
-    return config
+    ``--out`` must end in ``.safetensors``, so that the default ``--samples`` (``OUT`` with
+    ``.png``) and the checkpoint (``OUT.ckpt.safetensors``) can never be ``--out`` itself.
+    """
+    path = require_suffix(out, "--out", (".safetensors",), "a backbone file")
+    png = (
+        require_suffix(samples, "--samples", (".png",), "the sample grid")
+        if samples
+        else path.with_suffix(".png")
+    )
+    check_outputs(
+        [
+            Output(path, "--out", "backbone"),
+            Output(checkpoint_path(path), "the checkpoint", "backbone-checkpoint"),
+            Output(png, "--samples", "png"),
+        ],
+        force=force,
+    )
+    return png
 
 
 @click.command("info")
 @click.argument("path", type=click.Path())
 def info_cmd(path):
     """Show a flowcond file's header (config, hashes, dataset, bits/dim) as JSON."""
+    from flowcond.flow.header import check_backbone_header
     from flowcond.io.safefile import read_header
 
     header = read_header(path)

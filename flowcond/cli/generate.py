@@ -1,5 +1,12 @@
 """Commands that generate with attached heads: ``sample``, ``interpolate``, ``explore``,
-``manipulate``. torch (and the model code) is imported only when a command runs."""
+``manipulate``. torch (and the model code) is imported only when a command runs.
+
+Before any work each command checks its options (counts >= 1, ``--seed`` in ``[0, 2**63-1]``,
+``--temperature`` finite in ``(0, MAX_TEMPERATURE]``) and its ``--out`` (the output rule of
+:mod:`flowcond.io.outputs`: writable, not an input, nothing of another type replaced without
+``--force``); after loading the heads, the size of the request (memory, PNG grid pixels).
+Images with non-finite pixels are an error, never written.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ import click
 
 from flowcond.cli.options import options
 from flowcond.errors import ConfigError
+from flowcond.flow.config import MAX_TEMPERATURE, SEED_MAX, check_temperature
+from flowcond.io.outputs import Output, check_outputs, require_suffix
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,48 +42,94 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(tmp, **arrays)
 
 
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    if path.suffix.lower() not in (".png", ".npz"):
-        raise ConfigError(f"--out {out}: must end in .png (image grid) or .npz (arrays)")
+def _recorded_backbones(heads_path: str) -> list[Path]:
+    """Where the heads file's recorded backbone may be (inputs: never written over)."""
+    from flowcond.errors import FlowcondError
+    from flowcond.io.safefile import read_header
+
+    try:
+        recorded = (read_header(heads_path).get("backbone") or {}).get("path")
+    except (FlowcondError, AttributeError, TypeError, ValueError, RecursionError):
+        return []  # Heads.load reports what is wrong with the file
+    if not isinstance(recorded, str) or not recorded or "\0" in recorded:
+        return []
+    return [Path(recorded), Path(heads_path).parent / recorded]
+
+
+def _check_out(out: str, heads_path: str, backbone: str | None, force: bool, npz: bool = False) -> Path:
+    """``--out``: a .png (or, with ``npz``, .npz) that the output rule allows; before any work."""
+    suffixes = (".png", ".npz") if npz else (".png",)
+    what = "the output (image grid, or arrays)" if npz else "the output (image grid)"
+    path = require_suffix(out, "--out", suffixes, what)
+    inputs: dict[str, str | Path | None] = {"HEADS_PATH": heads_path, "--backbone": backbone}
+    inputs.update({f"the recorded backbone {p}": p for p in _recorded_backbones(heads_path)})
+    check_outputs([Output(path, "--out", path.suffix.lower().lstrip("."))], inputs, force)
     return path
 
 
-def _png(out: str) -> Path:
-    path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out}: must end in .png")
-    return path
+def _check_size(heads: Heads, n: int, nrow: int, what: str, png: bool = True) -> None:
+    from flowcond.caglow.generate import check_request_size
+    from flowcond.io.images import check_grid_size
 
+    check_request_size(heads, n, what)
+    if png:
+        _, h, w = heads.backbone.image_shape
+        check_grid_size(n, nrow, h, w)
+
+
+def _temperature(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    try:
+        return check_temperature(value, "")
+    except ConfigError as e:
+        raise click.BadParameter(str(e).strip(), ctx=ctx, param=param) from None
+
+
+_count = click.IntRange(min=1)
 
 _common = options(
-    click.option("--temperature", default=0.8, show_default=True, help="Scale of the noise eps."),
-    click.option("--seed", default=0, show_default=True),
+    click.option(
+        "--temperature",
+        default=0.8,
+        show_default=True,
+        type=float,
+        callback=_temperature,
+        help=f"Scale of the noise eps: finite, > 0 and at most {MAX_TEMPERATURE:g}.",
+    ),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX)),
     click.option(
         "--backbone",
         type=click.Path(),
         default=None,
         help="Backbone file [default: the one recorded in the heads file].",
     ),
+    click.option("--force", is_flag=True, help="Replace an existing file of another type at --out."),
 )
 
 
 @click.command("sample")
 @click.argument("heads_path", type=click.Path())
 @click.option("--condition", "conditions", multiple=True, help="NAME=VALUE, e.g. ids=7 (repeatable).")
-@click.option("--n", default=64, show_default=True, help="Number of images.")
+@click.option(
+    "--n",
+    default=64,
+    show_default=True,
+    type=_count,
+    help="Number of images (held in memory at once: a request that does not fit is refused).",
+)
 @click.option("--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions).")
 @_common
-def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
+def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, force):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
     from flowcond.caglow import generate
-    from flowcond.io.images import save_grid
+    from flowcond.io.images import check_finite_images, save_grid
 
-    path = _check_out(out)
+    path = _check_out(out, heads_path, backbone, force, npz=True)
     heads = _load(heads_path, backbone)
-    given = heads.parse_conditions(list(conditions))
     per_row = max(1, int(math.sqrt(n)))
+    _check_size(heads, n, per_row, "--n", png=path.suffix.lower() == ".png")
+    given = heads.parse_conditions(list(conditions))
     images, targets, labels = generate.sample_rows(heads, given, n, per_row, temperature, seed)
+    check_finite_images(images)
     if path.suffix.lower() == ".npz":
         arrays = {"images": images.float().numpy()}
         arrays.update({k: v.numpy() for k, v in targets.items()})
@@ -88,19 +143,20 @@ def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone):
 @click.argument("heads_path", type=click.Path())
 @click.option("--from", "start", multiple=True, required=True, help="Start condition NAME=VALUE.")
 @click.option("--to", "end", multiple=True, required=True, help="End condition NAME=VALUE.")
-@click.option("--steps", default=8, show_default=True)
-@click.option("--rows", default=4, show_default=True, help="Noise draws (one per row).")
+@click.option("--steps", default=8, show_default=True, type=_count)
+@click.option("--rows", default=4, show_default=True, type=_count, help="Noise draws (one per row).")
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed, backbone):
+def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed, backbone, force):
     """Interpolate between two conditions with fixed noise per row (paper Fig. 5)."""
     import torch
 
     from flowcond.caglow import generate
     from flowcond.io.images import save_grid
 
-    path = _png(out)
+    path = _check_out(out, heads_path, backbone, force)
     heads = _load(heads_path, backbone)
+    _check_size(heads, rows * steps, steps, "--rows x --steps")
     images = generate.interpolate(
         heads,
         heads.parse_conditions(list(start)),
@@ -117,20 +173,28 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
 
 @click.command("explore")
 @click.argument("heads_path", type=click.Path())
-@click.option("--code", default=0, show_default=True, help="Index of the unsupervised code to sweep.")
+@click.option(
+    "--code",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Index of the unsupervised code to sweep.",
+)
 @click.option("--plugin", default=None, help="Code plugin [default: the first unsupervised one].")
 @click.option("--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable).")
-@click.option("--steps", default=9, show_default=True)
-@click.option("--rows", default=4, show_default=True)
+@click.option("--steps", default=9, show_default=True, type=_count)
+@click.option("--rows", default=4, show_default=True, type=_count)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone):
+def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone, force):
     """Sweep one unsupervised code over its range, everything else fixed per row (Fig. 6, 7)."""
     from flowcond.caglow import generate
     from flowcond.io.images import save_grid
 
-    path = _png(out)
+    path = _check_out(out, heads_path, backbone, force)
     heads = _load(heads_path, backbone)
+    generate.sweep_plugin(heads, plugin, code)
+    _check_size(heads, rows * steps, steps, "--rows x --steps")
     images, values = generate.explore(
         heads,
         code,
@@ -149,16 +213,17 @@ def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperat
 @click.argument("heads_path", type=click.Path())
 @click.option("--condition", "conditions", multiple=True, help="Starting condition NAME=VALUE.")
 @click.option("--add", "edits", multiple=True, required=True, help="Cumulative edit NAME=VALUE (repeatable).")
-@click.option("--rows", default=4, show_default=True)
+@click.option("--rows", default=4, show_default=True, type=_count)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, backbone):
+def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, backbone, force):
     """Apply cumulative condition edits, one column per edit (paper Fig. 4)."""
     from flowcond.caglow import generate
     from flowcond.io.images import save_grid
 
-    path = _png(out)
+    path = _check_out(out, heads_path, backbone, force)
     heads = _load(heads_path, backbone)
+    _check_size(heads, rows * (len(edits) + 1), len(edits) + 1, "--rows x edits")
     images, labels = generate.manipulate(
         heads, heads.parse_conditions(list(conditions)), list(edits), rows, temperature, seed
     )

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from flowcond.cli.options import model_option, options
 from flowcond.errors import ConfigError, validation_message
 from flowcond.flow.config import TrainConfig
+from flowcond.io.outputs import Output, check_cache_dir, check_outputs, require_suffix
 from flowcond.paper.config import EvaluateConfig, EvaluatorTrainConfig
 
 _threads = dict(
@@ -47,13 +48,15 @@ _EVALUATE = {
         if name != "progress"  # --quiet
     )
 )
+@click.option("--force", is_flag=True, help="Replace files of another kind where evaluate writes its own.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(quiet, **values):
+def evaluate_cmd(quiet, force, **values):
     """Tables 1-3 (+ Fig. 3-6) for CAGlow, CGlow and Glow + pre-stored on one dataset and seed."""
     try:
         cfg = EvaluateConfig(progress=not quiet, **values)
     except ValidationError as e:
         raise ConfigError(f"invalid evaluate options: {validation_message(e)}") from None
+    check_evaluate_outputs(cfg, force)
     from flowcond.paper.run import evaluate
 
     report = evaluate(cfg)
@@ -95,9 +98,12 @@ def evaluate_cmd(quiet, **values):
     required=True,
     help="Evaluator file to write (.safetensors).",
 )
+@click.option("--force", is_flag=True, help="Replace an existing file of another kind at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_evaluator_cmd(dataset, root, download, threads, out, quiet, **values):
+def train_evaluator_cmd(dataset, root, download, threads, out, force, quiet, **values):
     """Train the evaluator classifier on real images (judges samples: Tables 1-3)."""
+    path = require_suffix(out, "--out", (".safetensors",), "an evaluator file")
+    check_outputs([Output(path, "--out", "evaluator")], force=force)
     from flowcond.paper.train_evaluator import train_evaluator
 
     evaluator, summary = train_evaluator(
@@ -113,6 +119,33 @@ def train_evaluator_cmd(dataset, root, download, threads, out, quiet, **values):
         f"wrote {out} (label {evaluator.label!r}, {summary['steps']} steps, {summary['seconds']:.1f} s)"
     )
     click.echo(f"test accuracy: {summary['test_accuracy']:.4f}")
+
+
+def check_evaluate_outputs(cfg: EvaluateConfig, force: bool) -> None:
+    """The output rule for ``evaluate``, before any work: ``--out`` a writable folder in which
+    none of the files evaluate writes is one of its inputs; a writable cache."""
+    from pathlib import Path
+
+    folder = Path(cfg.out)
+    inputs = {
+        "--backbone": cfg.backbone,
+        "--evaluator": cfg.evaluator,
+        "--attr-evaluator": cfg.attr_evaluator,
+    }
+    outputs = [Output(folder, "--out", "folder")]
+    if cfg.attr_evaluator is None:
+        outputs.append(Output(folder / "attr_evaluator.safetensors", "the attribute evaluator", "evaluator"))
+    check_outputs(outputs, inputs, force)
+    for option, value in inputs.items():
+        p = Path(value) if value is not None else None
+        if p is None or p.resolve().parent != folder.resolve():
+            continue
+        if p.name in ("results.json", "results.md") or (p.name.startswith("fig") and p.suffix == ".png"):
+            raise ConfigError(
+                f"{option} {value} is in --out {cfg.out}, where evaluate writes a file of that "
+                f"name: it would be destroyed; choose another --out"
+            )
+    check_cache_dir(cfg.cache_dir)
 
 
 COMMANDS = [evaluate_cmd, train_evaluator_cmd]

@@ -22,10 +22,12 @@ import normflows as nf
 import torch
 from torch import nn
 
-from flowcond.errors import FileFormatError
-from flowcond.flow.config import BackboneConfig
+from flowcond.errors import FlowcondError
+from flowcond.flow.config import BackboneConfig, check_temperature
 from flowcond.flow.coupling import SoftClampedParams
 from flowcond.flow.fast import FastGlow, supported
+from flowcond.flow.header import RESERVED as HEADER_RESERVED
+from flowcond.flow.header import check_backbone_header, expected_weights
 from flowcond.io import safefile
 
 KIND = "backbone"
@@ -133,6 +135,18 @@ class Backbone(nn.Module):
                 f"expected images of shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
             )
 
+    @staticmethod
+    def _count_nonfinite(t: torch.Tensor) -> int:
+        """How many samples (rows of the first dimension) of ``t`` hold a NaN or infinity."""
+        if t.numel() == 0:
+            return 0
+        return int((~torch.isfinite(t.detach().reshape(len(t), -1))).any(dim=1).sum())
+
+    def _check_finite(self, t: torch.Tensor, what: str, hint: str) -> None:
+        bad = self._count_nonfinite(t)
+        if bad:
+            raise FlowcondError(f"{bad} of {len(t)} {what} non-finite (NaN or infinite) values; {hint}")
+
     # ------------------------------------------------------------ prior
     def _prior_params(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.flow.q0[level]
@@ -209,11 +223,27 @@ class Backbone(nn.Module):
         With a frozen backbone (or under ``torch.no_grad``) this runs the cached, folded fast
         path; wrap calls in ``torch.inference_mode()`` for bulk encoding.
         """
+        self._check_images(x)
+        self._check_finite(x, "images to encode hold", "images must be finite values in [0, 1]")
         levels, _ = self._inverse(self.preprocess(x), log_det=False)
         return self.flatten_levels(self.standardize(levels))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardized flat latents ``(B, D)`` -> images in [0, 1]; inverse of :meth:`encode`."""
+    def decode(self, z: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Standardized flat latents ``(B, D)`` -> images in [0, 1]; inverse of :meth:`encode`.
+
+        ``check``: non-finite latents, and latents so large that decoding overflows (infinite or
+        NaN flow outputs, which would be clamped or written as garbage), are a
+        :class:`FlowcondError` saying how many of how many; never silent.
+        """
+        if check:
+            self._check_latents(z)
+        y = self._decode_flow(z)
+        if check:
+            self._check_decoded(y, z)
+        return self.postprocess(y)
+
+    def _decode_flow(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardized flat latents -> flow output ``y`` (images before :meth:`postprocess`)."""
         self._require_initialized()
         levels = self.unstandardize(self.split_levels(z))
         y = None
@@ -221,17 +251,39 @@ class Backbone(nn.Module):
             y = self._fast.forward(levels)  # None when gradients are needed
         if y is None:
             y, _ = self.flow.forward_and_log_det(levels)
-        return self.postprocess(y)
+        return y
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        self._check_finite(z, "latents to decode hold", "latents must be finite")
+
+    def _check_decoded(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        bad = self._count_nonfinite(y)
+        if bad:
+            big = float(z.detach().abs().max()) if z.numel() else 0.0
+            raise FlowcondError(
+                f"decoding overflowed (non-finite pixels) for {bad} of {len(y)} latents (largest "
+                f"|z| = {big:.3g}): the latents are too large for this backbone (lower the temperature)"
+            )
 
     @torch.no_grad()
-    def decode_in_batches(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """:meth:`decode` of many latents, ``batch_size`` at a time, without gradients."""
-        return torch.cat([self.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+    def decode_in_batches(self, z: torch.Tensor, batch_size: int = 256, check: bool = True) -> torch.Tensor:
+        """:meth:`decode` of many latents, ``batch_size`` at a time, without gradients (``check``
+        as there, counted over all of ``z``)."""
+        if check:
+            self._check_latents(z)
+        if len(z) == 0:
+            return z.new_zeros((0, *self.image_shape))
+        y = torch.cat([self._decode_flow(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+        if check:
+            self._check_decoded(y, z)
+        return self.postprocess(y)
 
     def sample(
         self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """``n`` images from the prior at ``temperature`` (the standard deviation of the latent)."""
+        """``n`` images from the prior at ``temperature`` (the standard deviation of the latent;
+        finite, in ``[0, MAX_TEMPERATURE]``)."""
+        check_temperature(temperature, allow_zero=True)
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device) * temperature
         return self.decode(z)
 
@@ -297,18 +349,15 @@ class Backbone(nn.Module):
 
     @classmethod
     def read_config(cls, path: str | os.PathLike) -> tuple[BackboneConfig, dict[str, Any]]:
-        """Validate a backbone file's header; return its config and header (no weights read)."""
-        header = safefile.read_header(path, KIND)
-        if "config" not in header:
-            raise FileFormatError(path, "backbone header has no config")
-        try:
-            config = BackboneConfig.from_header(header["config"])
-        except (TypeError, ValueError) as e:
-            raise FileFormatError(
-                path, f"invalid backbone config in header: {safefile.one_line(e)}"
-            ) from None
-        if not isinstance(header.get("content_hash"), str):
-            raise FileFormatError(path, "backbone header has no content hash")
+        """Validate a backbone file's header; return its config and header (no weights read).
+
+        The config is checked with its bounds, the metadata fields flowcond reads with their
+        types, and the tensors the config implies against the ones the file holds (names, dtypes
+        and shapes from the safetensors header): a FileFormatError names the file and the field.
+        """
+        header, specs = safefile.read_layout(path, KIND)
+        config = check_backbone_header(path, header)
+        safefile.check_layout(path, specs, expected_weights(config))
         return config, header
 
     @classmethod
@@ -317,9 +366,8 @@ class Backbone(nn.Module):
     ) -> Backbone:
         """Validate, build and load a backbone file; frozen (eval, no grad) by default."""
         config, header = cls.read_config(path)
-        tensors, _ = safefile.read(path, KIND)
-        reserved = ("kind", "config", "content_hash", "format_version")
-        meta = {k: v for k, v in header.items() if k not in reserved}
+        tensors, _ = safefile.read(path, KIND, expected_weights(config))
+        meta = {k: v for k, v in header.items() if k not in HEADER_RESERVED}
         model = cls(config, metadata=meta)
         safefile.load_weights(model.flow, tensors, path)
         model.to(map_location)

@@ -6,18 +6,40 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flowcond.errors import ConfigError
+
+#: the largest seed any option accepts (torch's generators take 64-bit seeds)
+SEED_MAX = 2**63 - 1
+#: the largest sampling temperature (the standard deviation of the noise) accepted: beyond a
+#: few, samples are noise, and far beyond decoding overflows to NaN
+MAX_TEMPERATURE = 10.0
+
+
+def check_temperature(value: float, what: str = "temperature", allow_zero: bool = False) -> float:
+    """``value`` as a float, or a one-line :class:`ConfigError`: finite, > 0 (>= 0 with
+    ``allow_zero``) and at most :data:`MAX_TEMPERATURE`."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {value!r}: not a number") from None
+    low_ok = t >= 0 if allow_zero else t > 0
+    if not (low_ok and t <= MAX_TEMPERATURE):  # NaN fails both comparisons
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what} {value}: must be a finite number {bound} and at most {MAX_TEMPERATURE:g}")
+    return t
+
 
 class BackboneConfig(BaseModel):
     """Shape of a multi-scale Glow ``N x K`` (levels x steps per level)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    channels: int = Field(1, ge=1, description="image channels C")
-    height: int = Field(32, ge=2, description="image height H")
-    width: int = Field(32, ge=2, description="image width W")
+    channels: int = Field(1, ge=1, le=64, description="image channels C")
+    height: int = Field(32, ge=2, le=4096, description="image height H")
+    width: int = Field(32, ge=2, le=4096, description="image width W")
     levels: int = Field(3, ge=1, le=8, description="N: number of levels (squeeze + K steps + split)")
-    steps: int = Field(10, ge=1, description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
-    hidden: int = Field(128, ge=1, description="hidden channels of each coupling network")
+    steps: int = Field(10, ge=1, le=512, description="K: Glow steps (actnorm, 1x1 conv, coupling) per level")
+    hidden: int = Field(128, ge=1, le=16384, description="hidden channels of each coupling network")
     n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
     coupling: Literal["affine", "additive"] = Field("affine", description="coupling layer type")
     scale_map: Literal["softclamp", "sigmoid"] = Field(
@@ -27,7 +49,7 @@ class BackboneConfig(BaseModel):
     )
     scale_clamp: float = Field(2.0, gt=0, description="c of the softclamp scale map")
     lu: bool = Field(True, description="LU-parametrized invertible 1x1 convolutions")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _check_divisible(self) -> BackboneConfig:
@@ -65,14 +87,14 @@ class BackboneConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Options of ``flowcond train-backbone``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: str = Field("mnist5k", description="registered dataset name (flowcond plugins --all)")
     root: str | None = Field(None, description="data folder for on-disk datasets (mnist, celeba, folder)")
     download: bool = Field(False, description="let torchvision download the dataset into root")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1.0)
     optimizer: Literal["adamax", "adam"] = "adamax"
     warmup: int = Field(200, ge=0, description="linear learning-rate warmup steps")
     decay_epochs: int = Field(
@@ -81,9 +103,9 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads while training (None: torch's setting)"
     )
-    clip: float = Field(50.0, gt=0, description="gradient norm clip")
+    clip: float = Field(50.0, gt=0, le=1e12, description="gradient norm clip")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     out: str = "backbone.safetensors"
     resume: bool = False
     progress: bool = True

@@ -5,7 +5,12 @@ gradient clipping, non-finite batches skipped and counted), evaluate test bits/d
 atomically each epoch, then write the frozen backbone and a sample grid.
 
 Every epoch draws its shuffling and dequantization noise from a generator seeded by
-``(seed, epoch)``, so a run resumed from an epoch checkpoint is identical to an uninterrupted one.
+``(seed, epoch)``, so a run resumed from an epoch checkpoint is identical to an uninterrupted one;
+a run stopped mid-epoch by ``max_steps`` checkpoints that generator and where it stopped, and
+continues from there. A checkpoint records the backbone config, the training options and the data
+(:func:`flowcond.training.dataset_binding`); resuming with any of them changed is refused with a
+one-line error naming the fields, except ``epochs`` and ``max_steps``, which may be raised (the
+header lists the segments run and the options each ran with).
 """
 
 from __future__ import annotations
@@ -26,19 +31,25 @@ from flowcond.flow.config import BackboneConfig, TrainConfig
 from flowcond.flow.fast_ops import retain_freed_memory
 from flowcond.io import safefile
 from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from flowcond.io.outputs import check_locations
 from flowcond.training import (
     SkipBudget,
     Stopwatch,
     checkpoint_path,
+    dataset_binding,
     optimizer_step,
     progress_bar,
     refuse_changes,
+    refuse_shorter,
     torch_threads,
 )
 
 CHECKPOINT_KIND = "backbone-checkpoint"
-#: training options a resumed run must share with its checkpoint
-RESUME_CHECKS = ("dataset", "batch_size", "seed", "optimizer")
+#: training options a resumed run may change: where to stop (raised only), how to run it (threads,
+#: compiled or not, fast path: the same function) and where data and output live
+MAY_CHANGE_ON_RESUME = "epochs max_steps threads root download out resume progress compile fast".split()
+#: training options a resumed run must share with its checkpoint (lr, warmup, decay, clip, ...)
+RESUME_CHECKS = tuple(k for k in TrainConfig.model_fields if k not in MAY_CHANGE_ON_RESUME)
 STATE_KEYS = ("epoch", "step", "skipped", "history", "train_seconds")
 
 
@@ -98,9 +109,19 @@ def _make_optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _resume(
-    ckpt: Path, model: Backbone, opt: torch.optim.Optimizer, bcfg: BackboneConfig, cfg: TrainConfig
-) -> dict:
-    """Restore model and optimizer from ``ckpt``; refuse one of another config or run."""
+    ckpt: Path,
+    model: Backbone,
+    opt: torch.optim.Optimizer,
+    bcfg: BackboneConfig,
+    cfg: TrainConfig,
+    data: dict[str, Any],
+    steps_per_epoch: int,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Restore model and optimizer from ``ckpt``; refuse one of another config, options or data.
+
+    Returns the loop state and, for a checkpoint written mid-epoch, where that epoch stopped
+    (``position``, ``losses``, ``skipped`` and its generator ``rng``), else ``None``.
+    """
     header = checkpoint_state(ckpt, CHECKPOINT_KIND)
     try:
         written_for = BackboneConfig.from_header(header.get("config"))
@@ -111,7 +132,40 @@ def _resume(
     refuse_changes(ckpt, "backbone config", written_for.model_dump(), bcfg.model_dump())
     old_train = header.get("train_config") or {}
     refuse_changes(ckpt, "training options", old_train, cfg.model_dump(), RESUME_CHECKS)
-    return load_checkpoint(ckpt, CHECKPOINT_KIND, {"model": model.flow}, {"optim": opt}, require=STATE_KEYS)
+    if isinstance(header.get("data"), dict):  # older checkpoints: the dataset name only
+        refuse_changes(ckpt, "dataset", header["data"], data)
+    if isinstance(header.get("epoch"), int):
+        refuse_shorter(ckpt, "--epochs", cfg.epochs, header["epoch"], "complete epochs")
+    if isinstance(header.get("step"), int):
+        refuse_shorter(ckpt, "--max-steps", cfg.max_steps, header["step"], "steps")
+    partial = _partial(ckpt, header.get("partial"), steps_per_epoch * cfg.batch_size)
+    generators = {"data_rng": partial["rng"]} if partial else None
+    header = load_checkpoint(
+        ckpt, CHECKPOINT_KIND, {"model": model.flow}, {"optim": opt}, generators, require=STATE_KEYS
+    )
+    state = {k: header[k] for k in STATE_KEYS}
+    segments = header.get("segments")
+    valid = isinstance(segments, list) and all(isinstance(x, dict) for x in segments)
+    state["segments"] = segments if valid else [{"from": 0, "to": state["step"]}]
+    if partial:  # that epoch's entry and skips are counted again when it completes
+        state["skipped"] -= partial["skipped"]
+        if state["history"] and state["history"][-1].get("partial"):
+            state["history"].pop()
+    return state, partial
+
+
+def _partial(ckpt: Path, info: Any, rows: int) -> dict[str, Any] | None:
+    """Where a checkpoint written mid-epoch stopped (see :func:`_resume`), validated."""
+    if info is None:
+        return None
+    info = info if isinstance(info, dict) else {}
+    losses, pos = info.get("losses"), info.get("position")
+    numbers = (
+        isinstance(losses, list) and len(losses) == 2 and all(isinstance(v, int | float) for v in losses)
+    )
+    if not (numbers and isinstance(pos, int) and 0 < pos < rows and isinstance(info.get("skipped"), int)):
+        raise FileFormatError(ckpt, "invalid checkpoint: malformed 'partial' entry")
+    return {**info, "rng": torch.Generator()}
 
 
 def train_step(
@@ -144,6 +198,7 @@ def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, di
 
 
 def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
+    check_locations({"out": cfg.out, "checkpoint": checkpoint_path(cfg.out)})
     train = load_dataset(cfg.dataset, "train", root=cfg.root, download=cfg.download)
     test = load_dataset(cfg.dataset, "test", root=cfg.root, download=cfg.download)
     if tuple(train.image_shape) != bcfg.image_shape:
@@ -158,16 +213,19 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
     model.fast = cfg.fast
     opt = _make_optimizer(model, cfg)
     ckpt = checkpoint_path(cfg.out)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    data = dataset_binding(train)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
+    state["segments"], partial = [], None
     if cfg.resume and ckpt.exists():
-        header = _resume(ckpt, model, opt, bcfg, cfg)
-        state = {k: header[k] for k in state}
+        state, partial = _resume(ckpt, model, opt, bcfg, cfg, data, steps_per_epoch)
     else:
         g0 = torch.Generator().manual_seed(cfg.seed)
         first = torch.randperm(len(train), generator=g0)[: max(cfg.batch_size, 256)]
         model.initialize(train.images_at(first))
+    segment = {"from": state["step"], "to": state["step"], "epochs": cfg.epochs, "max_steps": cfg.max_steps}
+    state["segments"].append(segment)
 
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     loss_fn = CompiledLoss(model) if cfg.compile else None
     clock = Stopwatch(state["train_seconds"])
     model.train()
@@ -177,13 +235,18 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
         clock.start()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=g)
-        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, leave=False)
-        budget = SkipBudget(steps_per_epoch // 2, lambda n, e=epoch: _diverged(e, n, ckpt))
-        losses = []
-        for start in range(0, len(order), cfg.batch_size):
+        pos, loss_sum, loss_n, skipped = 0, 0.0, 0, 0
+        if partial is not None:  # continue the epoch a checkpoint stopped in
+            g, pos, skipped = partial["rng"], partial["position"], partial["skipped"]
+            (loss_sum, loss_n), partial = partial["losses"], None
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        bar = progress_bar(steps_per_epoch, desc, cfg.progress, initial=pos // cfg.batch_size, leave=False)
+        budget = SkipBudget(steps_per_epoch // 2, lambda n, e=epoch: _diverged(e, n, ckpt), skipped=skipped)
+        while pos < len(order):
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
-            x = train.images_at(order[start : start + cfg.batch_size])
+            x = train.images_at(order[pos : pos + cfg.batch_size])
+            pos += cfg.batch_size
             noise = torch.rand(x.shape, generator=g)
             lr = learning_rate(cfg, state["step"], steps_per_epoch)
             loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip, loss_fn)
@@ -191,37 +254,45 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             if loss is None:
                 budget.skip()
                 continue
-            state["step"] += 1
-            losses.append(loss)
+            state["step"] = segment["to"] = state["step"] + 1
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
             bar.set_postfix(bpd=f"{loss:.3f}", lr=f"{lr:.1e}")
         bar.close()
+        complete = pos >= len(order)
         state["train_seconds"] = clock.stop()
         state["skipped"] += budget.skipped
         stats = bpd_stats(bpd_per_image(model, test, seed=cfg.seed), bcfg.n_bits)
-        train_bpd = sum(losses) / max(len(losses), 1)
-        state["history"].append(
-            {
-                "epoch": epoch + 1,
-                "train_bpd": train_bpd,
-                "test_bpd": stats["mean"],
-                "test_median_bpd": stats["median"],
-                "test_worse_than_uniform": stats["worse_than_uniform"],
-                "skipped": budget.skipped,
-            }
-        )
-        state["epoch"] = epoch + 1
+        train_bpd = loss_sum / max(loss_n, 1)
+        entry = {
+            "epoch": epoch + 1,
+            "train_bpd": train_bpd,
+            "test_bpd": stats["mean"],
+            "test_median_bpd": stats["median"],
+            "test_worse_than_uniform": stats["worse_than_uniform"],
+            "skipped": budget.skipped,
+        }
+        if complete:
+            state["epoch"], state["partial"] = epoch + 1, None
+        else:  # stopped by max_steps: a resumed run continues this epoch where it stopped
+            entry.update(partial=True, batches=pos // cfg.batch_size)
+            state["partial"] = {"position": pos, "losses": [loss_sum, loss_n], "skipped": budget.skipped}
+        state["history"].append(entry)
+        part = "" if complete else f" ({pos // cfg.batch_size}/{steps_per_epoch} batches, --max-steps)"
         tqdm.write(
-            f"epoch {epoch + 1}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
+            f"epoch {epoch + 1}{part}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
             + _outliers(stats)
             + (f", {budget.skipped} non-finite batches skipped" if budget.skipped else "")
         )
         save_checkpoint(
             ckpt,
             CHECKPOINT_KIND,
-            {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump()},
+            {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump(), "data": data},
             modules={"model": model.flow},
             optimizers={"optim": opt},
+            generators=None if complete else {"data_rng": g},
         )
+        if not complete:
+            break
 
     model.freeze()
     summary = _summary(model, test, cfg, state, compiled=bool(loss_fn is not None and loss_fn.failed is None))
@@ -252,12 +323,9 @@ def _summary(
             "steps": state["step"],
             "skipped_batches": state["skipped"],
             "seconds": round(state["train_seconds"], 1),
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "decay_epochs": cfg.decay_epochs,
-            "optimizer": cfg.optimizer,
-            "seed": cfg.seed,
+            **{k: v for k, v in cfg.model_dump().items() if k in RESUME_CHECKS and k != "dataset"},
             "compiled": compiled,
+            "segments": [seg for seg in state["segments"] if seg["to"] > seg["from"]],
         },
         "history": state["history"],
     }

@@ -28,7 +28,9 @@ from torch import nn
 from flowcond.errors import FileFormatError
 from flowcond.io import safefile
 
-_RESERVED = ("kind", "format_version", "param_groups")
+_RESERVED = ("kind", "format_version", "param_groups", "content_hash")
+#: loop counters a checkpoint's state may hold: whole numbers >= 0 (seconds: a number >= 0)
+_COUNTERS = ("step", "epoch", "skipped")
 
 
 def save_checkpoint(
@@ -53,7 +55,9 @@ def save_checkpoint(
     for name, g in (generators or {}).items():
         tensors[name] = g.get_state()
     extra = {k: v for k, v in state.items() if k not in _RESERVED}
-    safefile.write(path, tensors, {"kind": kind, "param_groups": groups, **extra})
+    header = {"kind": kind, "param_groups": groups, **extra}
+    header["content_hash"] = safefile.content_hash(tensors)  # checked by safefile.read
+    safefile.write(path, tensors, header)
 
 
 def checkpoint_state(path: str | os.PathLike, kind: str) -> dict[str, Any]:
@@ -89,9 +93,20 @@ def load_checkpoint(
         missing = [k for k in require if k not in header]
         if missing:
             raise KeyError(", ".join(missing))
+        _check_counters(header)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise FileFormatError(path, f"invalid checkpoint: {safefile.one_line(e)}") from None
     return header
+
+
+def _check_counters(header: Mapping[str, Any]) -> None:
+    for key in _COUNTERS:
+        value = header.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a whole number >= 0, got {value!r}")
+    seconds = header.get("train_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise ValueError(f"train_seconds must be a number >= 0, got {seconds!r}")
 
 
 def _under(tensors: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,45 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from flowcond.errors import FlowcondError
 from flowcond.io.atomic import atomic_write
+
+#: the largest grid :func:`save_grid` draws, in pixels (after its 2x upscaling)
+MAX_GRID_PIXELS = 2**27
+
+
+def nonfinite_images(x: torch.Tensor) -> int:
+    """How many images of ``x`` ``(N, ...)`` hold a NaN or infinite value."""
+    if x.numel() == 0:
+        return 0
+    return int((~torch.isfinite(x.detach().reshape(len(x), -1))).any(dim=1).sum())
+
+
+def check_finite_images(x: torch.Tensor, what: str = "generated images") -> None:
+    """Raise :class:`FlowcondError` naming how many of ``x`` are not finite: never write them."""
+    bad = nonfinite_images(x)
+    if bad:
+        raise FlowcondError(
+            f"{bad} of {len(x)} {what} have non-finite (NaN or infinite) pixels; nothing was "
+            f"written (lower --temperature, or check the model files)"
+        )
+
+
+def grid_size(n: int, nrow: int, height: int, width: int, scale: int = 2) -> tuple[int, int]:
+    """(width, height) in pixels of the grid :func:`save_grid` draws for ``n`` images."""
+    nrow = max(1, min(nrow, n))
+    rows = -(-n // nrow)
+    return (nrow * (width + 2) + 2) * scale, (rows * (height + 2) + 2) * scale
+
+
+def check_grid_size(n: int, nrow: int, height: int, width: int, option: str = "--out") -> None:
+    """Refuse a grid larger than :data:`MAX_GRID_PIXELS` before any work."""
+    w, h = grid_size(n, nrow, height, width)
+    if w * h > MAX_GRID_PIXELS:
+        raise FlowcondError(
+            f"{option}: a PNG grid of {n} images would be {w}x{h} pixels (at most "
+            f"{MAX_GRID_PIXELS:,}); write fewer images, or an .npz where the command allows it"
+        )
 
 
 def grid_image(
@@ -21,7 +59,11 @@ def grid_image(
     scale: int = 2,
 ) -> Image.Image:
     """Images ``(N, C, H, W)`` in [0, 1] -> a PIL grid, ``nrow`` images per row, upscaled ``scale``x,
-    with optional text labels left of each row and above each column."""
+    with optional text labels left of each row and above each column. Non-finite pixels are an
+    error (:func:`check_finite_images`), never drawn."""
+    if x.dim() != 4 or len(x) == 0:
+        raise FlowcondError(f"an image grid needs images (N, C, H, W) with N >= 1, got {tuple(x.shape)}")
+    check_finite_images(x)
     grid = make_grid(x.detach().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     img = Image.fromarray(arr).convert("RGB")

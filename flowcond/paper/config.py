@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowcond.flow.config import MAX_TEMPERATURE, SEED_MAX
+
 
 class EvaluatorConfig(BaseModel):
     """Shape of an evaluator network (stored in its file)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     channels: int = Field(ge=1)
     height: int = Field(ge=1)
@@ -28,14 +30,14 @@ class EvaluatorConfig(BaseModel):
 class EvaluatorTrainConfig(BaseModel):
     """Options of :func:`train_evaluator` / ``flowcond train-evaluator`` (stored in the file)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     label: str | None = Field(None, description="label field to learn; default: the first one")
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0, description="peak learning rate (warmup, then cosine decay)")
-    weight_decay: float = Field(5e-4, ge=0)
-    shift: float = Field(2.0, ge=0, description="random shift augmentation, pixels")
+    lr: float = Field(3e-3, gt=0, le=1.0, description="peak learning rate (warmup, then cosine decay)")
+    weight_decay: float = Field(5e-4, ge=0, le=1.0)
+    shift: float = Field(2.0, ge=0, le=1024, description="random shift augmentation, pixels")
     rotate: float | None = Field(
         None, ge=0, le=180, description="random rotation, degrees; default 10 (categorical), 0"
     )
@@ -46,13 +48,13 @@ class EvaluatorTrainConfig(BaseModel):
     feature_dim: int = Field(128, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class EvaluateConfig(BaseModel):
     """Options of ``flowcond evaluate``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backbone: str
     evaluator: str
@@ -63,7 +65,7 @@ class EvaluateConfig(BaseModel):
     cglow_epochs: int = Field(1, ge=1)
     cglow_max_steps: int | None = Field(None, ge=1)
     cglow_batch_size: int = Field(64, ge=1)
-    cglow_lr: float = Field(1e-3, gt=0)
+    cglow_lr: float = Field(1e-3, gt=0, le=1.0)
     attach_steps: int = Field(1000, ge=1)
     attach_batch_size: int = Field(128, ge=2)
     codes: int = Field(2, ge=0, description="unsupervised codes attached with CAGlow (0: none)")
@@ -78,10 +80,10 @@ class EvaluateConfig(BaseModel):
     )
     samples_per_class: int = Field(50, ge=2)
     fid_real: int = Field(1000, ge=2, description="real test images for FID")
-    temperature: float = Field(0.7, gt=0)
-    alpha: float = Field(1.0, description="scale of the pre-stored attribute deltas")
+    temperature: float = Field(0.7, gt=0, le=MAX_TEMPERATURE)
+    alpha: float = Field(1.0, ge=-100, le=100, description="scale of the pre-stored attribute deltas")
     attr_evaluator_epochs: int = Field(5, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     threads: int | None = Field(None, ge=1)
     cache_dir: str | None = None
     progress: bool = True

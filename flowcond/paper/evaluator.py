@@ -90,32 +90,40 @@ class Evaluator:
     # --------------------------------------------------------------- files
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
-        """Read and validate an evaluator file; :class:`FileFormatError` for anything wrong."""
-        tensors, header = safefile.read(path, KIND)
+        """Read and validate an evaluator file; :class:`FileFormatError` for anything wrong.
+
+        The header is validated and the tensors its config implies (from a build on the ``meta``
+        device, which allocates nothing) are compared with the ones the file holds before the
+        network is built.
+        """
+        header, specs = safefile.read_layout(path, KIND)
+        config = header.get("config")
+        if not isinstance(config, dict):
+            raise FileFormatError(path, "invalid evaluator config (config: must be a JSON object)")
         try:
-            cfg = EvaluatorConfig.model_validate(header.get("config"))
+            cfg = EvaluatorConfig.model_validate(config)
         except ValidationError as e:
             raise FileFormatError(path, f"invalid evaluator config ({validation_message(e)})") from None
         label = header.get("label")
         names = header.get("class_names")
         if not isinstance(label, str) or not isinstance(names, list) or len(names) != cfg.n_outputs:
             raise FileFormatError(path, "evaluator header lacks a label field name or its class names")
-        net = EvaluatorNet(cfg)
-        state = net.state_dict()
-        missing = sorted(set(state) - set(tensors))
-        extra = sorted(set(tensors) - set(state))
-        if missing or extra:
+        if not all(isinstance(n, str) for n in names):
+            raise FileFormatError(path, "invalid evaluator header: class_names: must be strings")
+        if len(cfg.widths) > len(specs):  # 6 tensors per block: more blocks than tensors cannot fit
             raise FileFormatError(
                 path,
-                f"weights do not match the evaluator config (missing {missing[:3]}, unexpected {extra[:3]})",
+                f"weights do not match the evaluator config: {len(cfg.widths)} blocks, {len(specs)} tensors",
             )
-        for k, v in state.items():
-            if tuple(tensors[k].shape) != tuple(v.shape):
-                raise FileFormatError(
-                    path,
-                    f"weight {k!r} has shape {tuple(tensors[k].shape)}, config needs {tuple(v.shape)}",
-                )
-        net.load_state_dict(tensors)
+        if not all(1 <= w <= 2**31 for w in cfg.widths) or cfg.feature_dim > 2**31:
+            raise FileFormatError(path, "invalid evaluator config (config.widths, feature_dim: out of range)")
+        try:
+            expected = safefile.meta_specs(lambda: EvaluatorNet(cfg))
+        except Exception as e:  # what the header asks for cannot be built: the header is wrong
+            raise FileFormatError(path, f"invalid evaluator config ({safefile.one_line(e)})") from None
+        tensors, _ = safefile.read(path, KIND, expected, against="the evaluator config")
+        net = EvaluatorNet(cfg)
+        safefile.load_weights(net, tensors, path, against="the evaluator config")
         info = {k: v for k, v in header.items() if k not in ("config", "label", "class_names")}
         return cls(net, cfg, label, names, info, device)
 

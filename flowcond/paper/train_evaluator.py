@@ -32,10 +32,13 @@ from flowcond.paper.evaluator import Evaluator, EvaluatorNet
 from flowcond.training import (
     SkipBudget,
     Stopwatch,
+    check_labels,
     checkpoint_path,
+    dataset_binding,
     optimizer_step,
     progress_bar,
     refuse_changes,
+    refuse_shorter,
     torch_threads,
 )
 
@@ -142,6 +145,9 @@ def _fit(
     kind = net_cfg.label_kind
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
+    check_labels(train)
+    check_labels(test)
+    data = {"train": dataset_binding(train), "test": dataset_binding(test), "label": label}
     x_train, y_train = train.all_images(), _targets(train, label)
     x_test, y_test = test.all_images().to(device), _targets(test, label).to(device)
     net = EvaluatorNet(net_cfg).to(device)
@@ -160,9 +166,15 @@ def _fit(
     }
     state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
     if resume and ckpt is not None and ckpt.exists():
-        old = checkpoint_state(ckpt, CHECKPOINT_KIND).get("train_config") or {}
+        header = checkpoint_state(ckpt, CHECKPOINT_KIND)
         keys = [k for k in cfg.model_dump() if k not in ("epochs", "max_steps")]
-        refuse_changes(ckpt, "evaluator options", old, cfg.model_dump(), keys)
+        refuse_changes(ckpt, "evaluator options", header.get("train_config") or {}, cfg.model_dump(), keys)
+        if isinstance(header.get("data"), dict):  # older checkpoints did not record it
+            refuse_changes(ckpt, "dataset", header["data"], data)
+        if isinstance(header.get("epoch"), int):
+            refuse_shorter(ckpt, "epochs", cfg.epochs, header["epoch"], "epochs")
+        if isinstance(header.get("step"), int):
+            refuse_shorter(ckpt, "max_steps", cfg.max_steps, header["step"], "steps")
         header = load_checkpoint(ckpt, CHECKPOINT_KIND, **parts, require=tuple(state))
         state = {k: header[k] for k in state}
 
@@ -205,7 +217,7 @@ def _fit(
         if ckpt is not None:
             with clock.paused():
                 state["train_seconds"] = clock.seconds
-                extra = {"train_config": cfg.model_dump(), "config": net_cfg.model_dump()}
+                extra = {"train_config": cfg.model_dump(), "config": net_cfg.model_dump(), "data": data}
                 save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
     bar.close()
     seconds = clock.stop()

@@ -16,6 +16,7 @@ from flowcond.caglow.losses import encoder_losses, feature_matching, supervision
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
+from flowcond.io import safefile
 from flowcond.testing import tiny_image_dataset
 
 
@@ -302,3 +303,145 @@ def test_attach_restores_torch_threads(backbone_file, tmp_path):
         backbone_file, _config(tmp_path, steps=2, threads=1), tmp_path / "t.heads.safetensors", progress=False
     )
     assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------ resume binds what it resumes
+def _checkpointed(backbone_file, tmp_path, steps: int = 6):
+    out = tmp_path / "b.heads.safetensors"
+    attach(backbone_file, _config(tmp_path, steps=steps), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": 0.01}, r"attach options lr=0\.0002 \(now lr=0\.01\)"),
+        ({"seed": 3}, r"attach options seed=0 \(now seed=3\)"),
+        ({"batch_size": 8}, r"attach options batch_size=16 \(now batch_size=8\)"),
+        ({"lambdas": {"FM": 2.0}}, r"attach options lambdas=\{.*'FM': 1\.0.*\} \(now lambdas=\{.*'FM': 2\.0"),
+        (
+            {"plugin_options": {"codes": {"n": 3}}},
+            r"attach options plugin_options=\{\} \(now plugin_options=",
+        ),
+        ({"steps": 4}, r"has already run 6 steps, more than --steps 4; resume with --steps 6 or more"),
+    ],
+)
+def test_resume_refuses_changed_options_naming_them(backbone_file, tmp_path, change, message):
+    out = _checkpointed(backbone_file, tmp_path)
+    before = checkpoint_path(out).read_bytes()
+    with pytest.raises(ConfigError, match=message) as e:
+        attach(backbone_file, _config(tmp_path, **change), out, resume=True, progress=False)
+    assert "\n" not in str(e.value) and str(checkpoint_path(out)) in str(e.value)
+    assert checkpoint_path(out).read_bytes() == before
+
+
+def test_resume_refuses_another_plugin_version_or_dataset(backbone_file, tmp_path, monkeypatch):
+    from flowcond import registry
+    from flowcond.caglow import attach as attach_module
+
+    out = _checkpointed(backbone_file, tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(registry, "plugin_version", lambda mod: "9.9.9")
+        with pytest.raises(
+            ConfigError, match=r"written for plugins ids\.version=.* \(now ids\.version='9\.9\.9'"
+        ):
+            attach(backbone_file, _config(tmp_path), out, resume=True, progress=False)
+    real = attach_module.load_dataset
+
+    def shuffled_labels(name, split, **kw):
+        ds = real(name, split, **kw)
+        ds.labels["digit"] = ds.labels["digit"].roll(1)  # same classes, other images
+        return ds
+
+    monkeypatch.setattr(attach_module, "load_dataset", shuffled_labels)
+    with pytest.raises(ConfigError, match=r"written for dataset labels='[0-9a-f]{16}' \(now labels='") as e:
+        attach(backbone_file, _config(tmp_path), out, resume=True, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_resume_of_a_checkpoint_that_records_nothing_is_refused(backbone_file, tmp_path):
+    out = _checkpointed(backbone_file, tmp_path)
+    ckpt = checkpoint_path(out)
+    tensors, header = safefile.read(ckpt)
+    for key in ("backbone_hash", "plugins", "data"):
+        header.pop(key)
+    safefile.write(ckpt, tensors, header)
+    with pytest.raises(ConfigError, match="does not record its backbone_hash, plugins, data") as e:
+        attach(backbone_file, _config(tmp_path), out, resume=True, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_different_plugin_set_is_a_one_line_error_not_a_load_state_dict_traceback(backbone_file, tmp_path):
+    out = _checkpointed(backbone_file, tmp_path)
+    for plugins in (["ids"], ["codes", "ids"], ["ids", "codes", "attributes"]):
+        with pytest.raises((ConfigError, PluginError)) as e:
+            attach(backbone_file, _config(tmp_path, plugins=plugins), out, resume=True, progress=False)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"plugins=\['ids', 'codes'\] \(now plugins=\['codes', 'ids'\]\)"):
+        attach(backbone_file, _config(tmp_path, plugins=["codes", "ids"]), out, resume=True, progress=False)
+
+
+def test_raised_steps_continue_and_the_header_records_what_ran(backbone_file, tmp_path):
+    out = _checkpointed(backbone_file, tmp_path, steps=6)
+    _, summary = attach(backbone_file, _config(tmp_path, steps=12), out, resume=True, progress=False)
+    assert summary["steps"] == 12
+    assert summary["segments"] == [{"from": 0, "to": 6}, {"from": 6, "to": 12}]
+    meta = Heads.load(out).metadata
+    assert meta["attach_config"]["steps"] == 12 and meta["summary"]["steps"] == 12
+    assert meta["summary"]["segments"] == summary["segments"]
+    # resuming a finished run trains nothing more and says so
+    _, again = attach(backbone_file, _config(tmp_path, steps=12), out, resume=True, progress=False)
+    assert again["steps"] == 12 and again["segments"] == summary["segments"]
+
+
+def test_attach_on_a_cache_with_huge_latents_rebuilds_it_instead_of_diverging(
+    backbone_file, tmp_path, capsys
+):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    first, _ = attach(
+        backbone_file, _config(tmp_path, steps=4), tmp_path / "a.heads.safetensors", progress=False
+    )
+    manifest_path = next((tmp_path / "cache").rglob("digits-train/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    shard = manifest_path.parent / manifest["shards"][0]["file"]
+    tensors = load_file(str(shard))
+    tensors["z"][:] = 1e30
+    header = safefile.read_header(shard)
+    header["content_hash"] = manifest["shards"][0]["content_hash"] = safefile.content_hash(tensors)
+    save_file(tensors, str(shard), metadata={"flowcond": json.dumps(header)})
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    second, _ = attach(
+        backbone_file, _config(tmp_path, steps=4), tmp_path / "b.heads.safetensors", progress=False
+    )
+    err = capsys.readouterr().err
+    assert f"{shard}: latents are non-finite or implausibly large" in err and "re-encoding" in err
+    a, b = first.state_dict(), second.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # trained on the same, correct data
+
+
+def test_dataset_labels_out_of_range_are_a_one_line_error(backbone_file, tmp_path, flowcond_register):
+    from flowcond import hookimpl
+
+    class BadLabels:
+        @hookimpl
+        def register_datasets(self, register):
+            def load(split, root=None, download=False):
+                ds = load_dataset("digits", split)
+                ds.labels["digit"][5] = 12
+                ds.spec = {"name": "badlabels", "split": split}
+                return ds
+
+            register("badlabels", load, "digits with a label 12")
+
+    flowcond_register(BadLabels(), "badlabels")
+    with pytest.raises(
+        ConfigError, match=r"dataset 'badlabels' \(train split\): labels of field 'digit'"
+    ) as e:
+        attach(
+            backbone_file, _config(tmp_path, dataset="badlabels"), tmp_path / "x.safetensors", progress=False
+        )
+    assert "0..12 outside the 10 classes 0..9" in str(e.value) and "\n" not in str(e.value)

@@ -13,6 +13,7 @@ from flowcond import hookimpl, registry
 from flowcond.caglow.config import AttachConfig, Lambdas
 from flowcond.errors import PluginError
 from flowcond.registry import PluginRegistry
+from flowcond.registry.guards import command_owners
 
 
 class Hello:
@@ -122,7 +123,7 @@ def test_a_plugin_registered_after_the_cli_exists_adds_its_command(flowcond_plug
 
     assert "hello" not in cli.commands
     flowcond_plugins.register(Hello(), "hello-plugin")
-    assert "hello" in cli.commands
+    assert "hello" in cli.commands and command_owners(cli)["hello"] == "hello-plugin"
     result = flowcond_cli("hello")
     assert result.exit_code == 0 and result.stdout == "hello from a plugin\n"
 
@@ -131,6 +132,7 @@ def test_sandbox_removes_commands_added_during_the_test(flowcond_plugins):
     from flowcond.cli import cli
 
     assert "hello" not in cli.commands  # the previous test's command is gone
+    assert "hello" not in command_owners(cli)  # and whose it was
 
 
 def test_a_raising_historic_hook_is_recorded_not_fatal():

@@ -66,20 +66,32 @@ def test_resume_is_exact(tmp_path):
     ref_model, ref = train_backbone(BCFG, _tcfg(tmp_path / "ref.safetensors", epochs=2))
 
     out = tmp_path / "run.safetensors"
-    train_backbone(BCFG, _tcfg(out, epochs=1))  # "interrupted" after one epoch
+    _, first = train_backbone(BCFG, _tcfg(out, epochs=1, max_steps=5))  # stopped after 5 of 23 batches
+    assert first["training"]["epochs"] == 0 and first["training"]["steps"] == 5
+    assert first["history"][0]["partial"] and first["history"][0]["batches"] == 5
+    _, second = train_backbone(BCFG, _tcfg(out, epochs=1, resume=True))  # finishes epoch 1
     ckpt = checkpoint_path(out)
     assert ckpt.is_file() and safefile.read_header(ckpt)["epoch"] == 1
-    model, summary = train_backbone(BCFG, _tcfg(out, epochs=2, resume=True))
+    assert second["training"]["steps"] == 23 and [h.get("partial") for h in second["history"]] == [None]
+    model, summary = train_backbone(BCFG, _tcfg(out, epochs=2, resume=True))  # --epochs raised
 
     assert summary["training"]["steps"] == ref["training"]["steps"]
     assert summary["training"]["epochs"] == 2
-    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["history"] == ref["history"]  # the same as one uninterrupted run
     assert summary["test_bits_per_dim"] == pytest.approx(ref["test_bits_per_dim"], abs=1e-6)
     a, b = _weights(model), _weights(ref_model)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-6), k
     assert model.content_hash == ref_model.content_hash  # bitwise identical here
+    # the header records the segments run and the options they ran with
+    assert summary["training"]["segments"] == [
+        {"from": 0, "to": 5, "epochs": 1, "max_steps": 5},
+        {"from": 5, "to": 23, "epochs": 1, "max_steps": None},
+        {"from": 23, "to": 46, "epochs": 2, "max_steps": None},
+    ]
+    meta = Backbone.load(out).metadata["training"]
+    assert meta["lr"] == 2e-3 and meta["warmup"] == 10 and meta["steps"] == 46 and meta["epochs"] == 2
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -267,3 +279,67 @@ def test_compile_falls_back_to_eager(tmp_path, monkeypatch, where):
     assert summary["training"]["compiled"] is False
     assert summary["training"]["steps"] == 4
     assert model.content_hash == eager_model.content_hash  # the same eager computation
+
+
+# ------------------------------------------------------------------ resume binds what it resumes
+@pytest.fixture(scope="module")
+def two_step_checkpoint(tmp_path_factory):
+    """The checkpoint of a run stopped after 2 steps of its first epoch (and its bytes)."""
+    out = tmp_path_factory.mktemp("resume") / "bb.safetensors"
+    train_backbone(BCFG, _tcfg(out, epochs=1, max_steps=2))
+    return out, checkpoint_path(out).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": 0.01}, r"training options lr=0\.002 \(now lr=0\.01\)"),
+        ({"warmup": 50}, r"warmup=10 \(now warmup=50\)"),
+        ({"decay_epochs": 1}, r"decay_epochs=0 \(now decay_epochs=1\)"),
+        ({"clip": 5.0}, r"clip=50\.0 \(now clip=5\.0\)"),
+        ({"optimizer": "adam"}, r"optimizer='adamax' \(now optimizer='adam'\)"),
+        ({"seed": 1}, r"seed=0 \(now seed=1\)"),
+        ({"max_steps": 1}, r"has already run 2 steps, more than --max-steps 1"),
+    ],
+)
+def test_resume_refuses_changed_training_options(two_step_checkpoint, change, message):
+    out, before = two_step_checkpoint
+    with pytest.raises(ConfigError, match=message) as e:
+        train_backbone(BCFG, _tcfg(out, **{"epochs": 2, "resume": True, **change}))
+    assert "\n" not in str(e.value) and str(checkpoint_path(out)) in str(e.value)
+    assert checkpoint_path(out).read_bytes() == before  # nothing ran
+
+
+def test_resume_refuses_fewer_epochs_than_done_and_other_data(tmp_path, monkeypatch):
+    import flowcond.flow.train as tb
+
+    out = tmp_path / "bb.safetensors"
+    train_backbone(BCFG, _tcfg(out, epochs=2, batch_size=512))  # 3 steps an epoch
+    with pytest.raises(ConfigError, match="has already run 2 complete epochs, more than --epochs 1"):
+        train_backbone(BCFG, _tcfg(out, epochs=1, batch_size=512, resume=True))
+    real = tb.load_dataset
+
+    def fewer_images(name, split, **kw):
+        ds = real(name, split, **kw)
+        ds.images, ds._n = ds.images[:1400], 1400
+        ds.labels = {k: v[:1400] for k, v in ds.labels.items()}
+        return ds
+
+    monkeypatch.setattr(tb, "load_dataset", fewer_images)
+    with pytest.raises(
+        ConfigError, match=r"written for dataset size=1437, labels='[0-9a-f]+' \(now size=1400"
+    ):
+        train_backbone(BCFG, _tcfg(out, epochs=3, batch_size=512, resume=True))
+
+
+def test_cli_resume_with_another_lr_is_one_line(two_step_checkpoint):
+    from flowcond.cli import cli
+
+    out, before = two_step_checkpoint
+    args = ["train-backbone", "--dataset", "digits", "--levels", "2", "--steps", "2", "--hidden", "16"]
+    args += ["--epochs", "2", "--batch-size", "64", "--warmup", "10", "--lr", "0.01", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--resume", "--quiet"])
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and "training options lr=0.002 (now lr=0.01)" in errors[0], result.output
+    assert checkpoint_path(out).read_bytes() == before

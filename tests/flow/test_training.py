@@ -190,3 +190,93 @@ def test_stopwatch_counts_from_the_resumed_seconds_and_skips_pauses(monkeypatch)
     assert clock.stop() == 8.0
     now[0] += 10.0
     assert clock.seconds == 8.0
+
+
+# ------------------------------------------------------------------ data bindings and label checks
+def test_dataset_binding_names_the_data_not_where_it_lives():
+    from flowcond.testing import tiny_image_dataset
+    from flowcond.training import dataset_binding
+
+    ds = tiny_image_dataset()
+    binding = dataset_binding(ds)
+    assert binding["name"] == "tiny" and binding["split"] == "train" and binding["size"] == 32
+    ds.spec = {**ds.spec, "root": "/moved/elsewhere"}
+    assert dataset_binding(ds) == binding  # the data may move
+    ds.labels["digit"] = ds.labels["digit"].roll(1)  # the same classes on other images
+    assert dataset_binding(ds)["labels"] != binding["labels"]
+    assert dataset_binding(tiny_image_dataset(n=30))["size"] == 30
+
+
+def test_refuse_shorter_refuses_stopping_before_the_checkpoint(tmp_path):
+    from flowcond.training import refuse_shorter
+
+    refuse_shorter(tmp_path / "c", "--steps", 6, 6, "steps")  # equal: nothing more to run
+    refuse_shorter(tmp_path / "c", "--max-steps", None, 6, "steps")  # no limit
+    with pytest.raises(ConfigError, match=r"already run 6 steps, more than --steps 4; resume with --steps 6"):
+        refuse_shorter(tmp_path / "c", "--steps", 4, 6, "steps")
+
+
+def test_check_labels_accepts_valid_labels_and_names_the_field_of_bad_ones():
+    from flowcond.datasets import LabelField
+    from flowcond.testing import tiny_image_dataset
+    from flowcond.training import check_labels, label_problem
+
+    check_labels(tiny_image_dataset())
+    cont = LabelField("m", "continuous", 2)
+    assert label_problem(torch.tensor([[float("nan"), 1.0]]), cont, 1) is None  # "not measured"
+    cat = LabelField("d", "categorical", 10)
+    assert "float32, expected integer" in label_problem(torch.tensor([1.0]), cat, 1)
+    assert "shape (2,), expected (3,)" in label_problem(torch.tensor([1, 2]), cat, 3)
+    ds = tiny_image_dataset()
+    del ds.labels["attributes"]
+    with pytest.raises(
+        ConfigError, match=r"dataset 'tiny' \(train split\): labels of field 'attributes'.* are missing"
+    ):
+        check_labels(ds)
+
+
+def test_cglow_and_evaluator_resume_refuse_other_data(tmp_path):
+    from flowcond.flow.config import BackboneConfig
+    from flowcond.paper.baselines.cglow_train import CGlowTrainConfig, train_cglow
+    from flowcond.paper.train_evaluator import train_evaluator
+    from flowcond.testing import tiny_image_dataset
+
+    tiny = BackboneConfig(channels=1, height=8, width=8, levels=1, steps=1, hidden=8)
+    ds, other = tiny_image_dataset(), tiny_image_dataset()
+    other.labels["digit"] = other.labels["digit"].roll(1)
+    opts = CGlowTrainConfig(epochs=1, batch_size=16, warmup=2)
+    out = tmp_path / "cg.safetensors"
+    train_cglow(tiny, ds, options=opts, out=out, progress=False, checkpoint=True)
+    with pytest.raises(ConfigError, match=r"written for dataset labels="):
+        train_cglow(
+            tiny, other, options=opts.model_copy(update={"epochs": 2}), out=out, progress=False, resume=True
+        )
+    with pytest.raises(ConfigError, match=r"already run 2 steps, more than max_steps 1"):
+        train_cglow(
+            tiny, ds, options=opts.model_copy(update={"max_steps": 1}), out=out, progress=False, resume=True
+        )
+    ev = dict(epochs=1, batch_size=16, widths=[4, 8], feature_dim=8, progress=False)
+    out = tmp_path / "ev.safetensors"
+    train_evaluator((ds, ds), out=out, checkpoint=True, **ev)
+    with pytest.raises(ConfigError, match=r"written for dataset train=.* \(now train="):
+        train_evaluator((other, ds), out=out, resume=True, **{**ev, "epochs": 2})
+
+
+def test_a_checkpoint_whose_data_changed_or_whose_counters_are_wrong_is_refused(tmp_path):
+    model, opt = _model_and_adam()
+    optimizer_step(model(torch.randn(4, 3)).pow(2).mean(), opt, list(model.parameters()))
+    path = tmp_path / "c.ckpt.safetensors"
+    save_checkpoint(path, "heads-checkpoint", {"step": 1}, {"heads": model}, {"optim": opt})
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte in the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="content hash mismatch"):
+        load_checkpoint(path, "heads-checkpoint", {"heads": model}, {"optim": opt})
+    for state, field in (
+        ({"step": -5}, "step"),
+        ({"step": 1, "train_seconds": "x"}, "train_seconds"),
+        ({"epoch": 1.5}, "epoch"),
+    ):
+        save_checkpoint(path, "heads-checkpoint", state, {"heads": model})
+        with pytest.raises(FileFormatError, match=f"invalid checkpoint: {field}"):
+            load_checkpoint(path, "heads-checkpoint", {"heads": model})

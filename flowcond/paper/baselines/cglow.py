@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from flowcond.datasets import ImageDataset
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig
+from flowcond.flow.header import expected_weights, field_errors
 from flowcond.io import safefile
 
 KIND = "cglow"
@@ -258,13 +259,59 @@ class CGlow(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CGlow:
-        tensors, header = safefile.read(path, KIND)
+        """Read and validate a CGlow file; the tensors its header implies are compared with the
+        ones the file holds before the model is built (FileFormatError naming the field)."""
+        header, specs = safefile.read_layout(path, KIND)
+        for field in ("config", "cglow"):
+            if not isinstance(header.get(field), dict):
+                raise FileFormatError(path, f"invalid cglow header: {field}: must be a JSON object")
         try:
             config = BackboneConfig(**header["config"])
+        except ValidationError as e:
+            raise FileFormatError(path, f"invalid cglow header: {field_errors('config', e)}") from None
+        try:
             cglow = CGlowConfig(**header["cglow"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FileFormatError(path, f"invalid cglow header: {safefile.one_line(e)}") from None
+        except ValidationError as e:
+            raise FileFormatError(path, f"invalid cglow header: {field_errors('cglow', e)}") from None
+        check_cglow_config(path, cglow)
+        expected = cls.expected_weights(config, cglow)
+        tensors, header = safefile.read(path, KIND, expected)
         reserved = ("kind", "config", "cglow", "content_hash", "format_version")
         model = cls(config, cglow, {k: v for k, v in header.items() if k not in reserved})
         safefile.load_weights(model, tensors, path)
         return model.freeze()
+
+    @staticmethod
+    def expected_weights(config: BackboneConfig, cglow: CGlowConfig) -> dict[str, safefile.TensorSpec]:
+        """Name, dtype and shape of every tensor of ``CGlow(config, cglow)``, without building it."""
+        out = expected_weights(config, prefix="backbone.flow.")
+        D, width = config.dim, max(cglow.cond_dim, 1)
+        top = config.channels * 2 ** (config.levels + 1)  # channels of the coarsest latent level
+        for name, (rows, cols) in {
+            "prior_loc": (D, width),
+            "prior_log_scale": (D, width),
+            "classifier": (width, top),
+        }.items():
+            out[f"{name}.weight"] = safefile.TensorSpec("F32", (rows, cols))
+            out[f"{name}.bias"] = safefile.TensorSpec("F32", (rows,))
+        return out
+
+
+def check_cglow_config(path: str | os.PathLike, cglow: CGlowConfig) -> None:
+    """The label lists of a CGlow header fit its class and attribute counts."""
+    problems = []
+    if cglow.class_names and len(cglow.class_names) != cglow.n_classes:
+        problems.append(f"cglow.class_names: {len(cglow.class_names)} for {cglow.n_classes} classes")
+    if cglow.attribute_names and len(cglow.attribute_names) != cglow.n_attributes:
+        problems.append(
+            f"cglow.attribute_names: {len(cglow.attribute_names)} for {cglow.n_attributes} attributes"
+        )
+    if cglow.n_attributes and len(cglow.attribute_frequencies) != cglow.n_attributes:
+        problems.append(
+            f"cglow.attribute_frequencies: {len(cglow.attribute_frequencies)} for "
+            f"{cglow.n_attributes} attributes"
+        )
+    if not all(0.0 <= p <= 1.0 for p in cglow.attribute_frequencies):
+        problems.append("cglow.attribute_frequencies: must be in [0, 1]")
+    if problems:
+        raise FileFormatError(path, f"invalid cglow header: {'; '.join(problems)}")

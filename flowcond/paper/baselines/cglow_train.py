@@ -27,10 +27,13 @@ from flowcond.paper.baselines.cglow import CGlow, CGlowConfig
 from flowcond.training import (
     SkipBudget,
     Stopwatch,
+    check_labels,
     checkpoint_path,
+    dataset_binding,
     optimizer_step,
     progress_bar,
     refuse_changes,
+    refuse_shorter,
 )
 
 CHECKPOINT_KIND = "cglow-checkpoint"
@@ -97,6 +100,8 @@ def train_cglow(
         )
     if (checkpoint or resume) and out is None:
         raise ConfigError("CGlow checkpoints are written beside out: give out")
+    check_labels(train)
+    data = dataset_binding(train)
     cg = CGlowConfig.from_dataset(train, class_field, attribute_field, weight_y=opts.weight_y)
     torch.manual_seed(opts.seed)
     model = CGlow(config, cg)
@@ -112,7 +117,7 @@ def train_cglow(
     ckpt = checkpoint_path(out) if (checkpoint or resume) and out is not None else None
     state: dict[str, Any] = {"epoch": 0, "step": 0, "skipped": 0, "history": [], "train_seconds": 0.0}
     if resume and ckpt is not None and ckpt.exists():
-        state = _resume(ckpt, {"config": config, "cglow": cg, "options": opts}, parts, tuple(state))
+        state = _resume(ckpt, {"config": config, "cglow": cg, "options": opts}, data, parts, tuple(state))
     else:
         first = torch.randperm(len(train), generator=g)[: max(opts.batch_size, 256)]
         model.backbone.initialize(train.images_at(first))
@@ -164,6 +169,7 @@ def train_cglow(
                     "config": config.model_dump(),
                     "cglow": cg.model_dump(),
                     "options": opts.model_dump(),
+                    "data": data,
                 }
                 save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
     train_seconds = clock.stop()
@@ -189,12 +195,17 @@ def train_cglow(
 
 
 def _resume(
-    ckpt: os.PathLike, configs: dict[str, BaseModel], parts: dict[str, Any], keys: tuple[str, ...]
+    ckpt: os.PathLike,
+    configs: dict[str, BaseModel],
+    data: dict[str, Any],
+    parts: dict[str, Any],
+    keys: tuple[str, ...],
 ) -> dict[str, Any]:
     """Restore model, optimizer and generator from ``ckpt``; return its ``keys`` of the state.
 
     Refuses (one-line :class:`ConfigError`) a checkpoint of another backbone config, other label
-    fields or other training options (but ``epochs`` and ``max_steps``).
+    fields, other data or other training options (but ``epochs`` and ``max_steps``, which may be
+    raised).
     """
     old = checkpoint_state(ckpt, CHECKPOINT_KIND)
     names = {"config": "backbone config", "cglow": "CGlow config", "options": "training options"}
@@ -202,5 +213,12 @@ def _resume(
         new = configs[key].model_dump()
         checked = [k for k in new if key != "options" or k not in ("epochs", "max_steps")]
         refuse_changes(ckpt, what, old.get(key) or {}, new, checked)
+    if isinstance(old.get("data"), dict):  # older checkpoints did not record it
+        refuse_changes(ckpt, "dataset", old["data"], data)
+    opts = configs["options"]
+    if isinstance(old.get("epoch"), int):
+        refuse_shorter(ckpt, "epochs", opts.epochs, old["epoch"], "epochs")
+    if isinstance(old.get("step"), int):
+        refuse_shorter(ckpt, "max_steps", opts.max_steps, old["step"], "steps")
     header = load_checkpoint(ckpt, CHECKPOINT_KIND, **parts, require=keys)
     return {k: header[k] for k in keys}

@@ -179,10 +179,22 @@ class PreStored:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> PreStored:
-        """Read a file; FileFormatError if ``backbone`` is given and is not the one it was fit on."""
-        tensors, header = safefile.read(path, KIND)
-        if backbone is not None and header.get("backbone_hash") != backbone.content_hash:
+        """Read a file; FileFormatError if ``backbone`` is given and is not the one it was fit on,
+        or for a header or tensors that do not fit together (naming the field)."""
+        header, specs = safefile.read_layout(path, KIND)
+        names = {}
+        for field in ("class_names", "attribute_names"):
+            value = header.get(field)
+            if value is not None and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
+                raise FileFormatError(path, f"invalid prestored header: {field}: must be a list of strings")
+            names[field] = value or []
+        bb_hash = header.get("backbone_hash")
+        if bb_hash is not None and not isinstance(bb_hash, str):
+            raise FileFormatError(path, "invalid prestored header: backbone_hash: must be a string")
+        if backbone is not None and bb_hash != backbone.content_hash:
             raise FileFormatError(path, "was computed on another backbone")
+        _check_layout(path, specs, names)
+        tensors, header = safefile.read(path, KIND)
         info = {
             k: v
             for k, v in header.items()
@@ -199,8 +211,36 @@ class PreStored:
         return cls(
             tensors.get("class_shifts"),
             tensors.get("deltas"),
-            header.get("class_names"),
-            header.get("attribute_names"),
-            header.get("backbone_hash"),
+            names["class_names"],
+            names["attribute_names"],
+            bb_hash,
             info,
         )
+
+
+def _check_layout(
+    path: str | os.PathLike,
+    specs: dict[str, safefile.TensorSpec],
+    names: dict[str, list[str]],
+) -> None:
+    """``class_shifts`` (K, D) and ``deltas`` (A, D), float32, of one width D; as many names as
+    rows, when names are given."""
+    extra = sorted(set(specs) - {"class_shifts", "deltas"})
+    if extra:
+        raise FileFormatError(path, f"invalid prestored file: unexpected tensor {extra[0]!r}")
+    dims = set()
+    for name, field in (("class_shifts", "class_names"), ("deltas", "attribute_names")):
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        if spec.dtype != "F32" or len(spec.shape) != 2:
+            raise FileFormatError(
+                path, f"invalid prestored file: {name} is {spec.dtype} {list(spec.shape)}, not F32 (rows, D)"
+            )
+        dims.add(spec.shape[1])
+        if names[field] and len(names[field]) != spec.shape[0]:
+            raise FileFormatError(
+                path, f"invalid prestored header: {field}: {len(names[field])} names for {spec.shape[0]} rows"
+            )
+    if len(dims) > 1:
+        raise FileFormatError(path, "invalid prestored file: class_shifts and deltas of different widths")

@@ -2,11 +2,14 @@
 
 :class:`PluginRegistry` owns the pluggy ``PluginManager`` and all plugin state; :data:`default` is
 the instance flowcond uses, and the module-level functions are its methods. Each entry point is
-loaded on its own: one that fails to import, implements an unknown hook or raises in a hook is
-recorded in ``load_errors`` (``FLOWCOND_STRICT_PLUGINS=1`` re-raises) and the others keep working.
-``FLOWCOND_LOAD_PLUGINS=a,b`` loads only the named entry points or distributions (empty: none).
-Historic hooks (``register_commands``) are called with :meth:`PluginRegistry.call_historic`: as
-with pluggy's, plugins registered later get the call too, but each plugin is called on its own.
+loaded on its own: one that fails to import (``SystemExit`` included), takes longer than
+``FLOWCOND_PLUGIN_TIMEOUT`` to import, implements an unknown hook or raises in a hook is recorded in
+``load_errors`` (``FLOWCOND_STRICT_PLUGINS=1`` re-raises) and the others keep working.
+``FLOWCOND_LOAD_PLUGINS=a,b`` loads only the named entry points or distributions (empty: none);
+``--plugins-dir`` folders load whatever it says. Historic hooks (``register_commands``) are called
+with :meth:`PluginRegistry.call_historic`: as with pluggy's, plugins registered later get the call
+too, but each plugin is called on its own, and may not replace a command it did not add
+(:mod:`flowcond.registry.guards` reads the switches and holds these guards).
 """
 
 from __future__ import annotations
@@ -15,62 +18,33 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from flowcond import hookspecs
-from flowcond.conditions import check_kind
-from flowcond.datasets import check_loader
 from flowcond.errors import LoadError, PluginError, exception_line
+from flowcond.registry import guards
+from flowcond.registry.guards import PluginTimeout, time_limit
+from flowcond.registry.items import Registered, Snapshot, condition_register, dataset_register, unique
 
 GROUP = "flowcond"
 #: distribution whose entry points are the built-in plugins
 BUILTIN_DISTRIBUTION = "flowcond"
 
 
-@dataclass
-class Registered:
-    """Something a plugin registered: its name, the object, and which plugin registered it."""
-
-    name: str
-    obj: Any
-    plugin: str
-    description: str = ""
-    #: for datasets: the registered dataset whose images this one shares, adding labels
-    #: (``register("mnist5k-morpho", loader, "...", extends="mnist5k")``)
-    extends: str | None = None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The state of a :class:`PluginRegistry`, for :meth:`PluginRegistry.restore`."""
-
-    plugins: tuple[tuple[str, object], ...]
-    loaded: bool
-    distributions: dict[str, importlib.metadata.Distribution]
-    dir_files: dict[str, str]
-    load_errors: tuple[LoadError, ...]
-    history: tuple[tuple[str, dict[str, Any]], ...]
-
-
 def strict() -> bool:
-    """Whether ``FLOWCOND_STRICT_PLUGINS`` asks for plugin errors to be raised."""
-    return os.environ.get("FLOWCOND_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
+    """Whether ``FLOWCOND_STRICT_PLUGINS`` asks for plugin errors to be raised (1, true, yes, on)."""
+    return guards.strict()[0]
 
 
 def hook_names() -> list[str]:
     """Names of every hook a plugin can implement (from :mod:`flowcond.hookspecs`)."""
     return sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, f"{GROUP}_spec"))
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class PluginRegistry:
@@ -172,26 +146,28 @@ class PluginRegistry:
         if self._loaded:
             return
         self._loaded = True
-        wanted = os.environ.get("FLOWCOND_LOAD_PLUGINS")
-        allow = None if wanted is None else {_normalize(n.strip()) for n in wanted.split(",") if n.strip()}
-        for ep in importlib.metadata.entry_points(group=GROUP):
-            dist = ep.dist.metadata["Name"] if ep.dist is not None else None
-            if (
-                allow is not None
-                and _normalize(ep.name) not in allow
-                and (dist is None or _normalize(dist) not in allow)
-            ):
+        timeout = self._check_settings()
+        allow = guards.load_selection()
+        eps = list(importlib.metadata.entry_points(group=GROUP))
+        dists = [ep.dist.metadata["Name"] if ep.dist is not None else None for ep in eps]
+        if allow:
+            self._notice(guards.unknown_selection(allow, [ep.name for ep in eps], [d for d in dists if d]))
+        for ep, dist in zip(eps, dists, strict=True):
+            if not guards.selected(allow, ep.name, dist):
                 continue
             # two distributions may use the same entry-point name
             name = ep.name if self.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
             try:
-                module = ep.load()
+                with self._guarded(name, dist, "importing", timeout):
+                    module = ep.load()
                 if self.pm.is_registered(module):
                     continue
                 if ep.dist is not None:  # known before historic hooks run, for their errors
                     self._dists[name] = ep.dist
                 self.register(module, name)
-            except Exception as e:  # a broken plugin must not take the CLI down
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # a broken plugin (sys.exit included) must not take the CLI down
                 if self.pm.get_plugin(name) is None:
                     self._dists.pop(name, None)
                 self._failed(ep.name, dist, e)
@@ -202,6 +178,7 @@ class PluginRegistry:
         folder = Path(path)
         if not folder.is_dir():
             raise PluginError(f"--plugins-dir {folder}: not a directory")
+        timeout = self._check_settings()
         names = []
         for file in sorted(folder.glob("*.py")):
             resolved = str(file.resolve())
@@ -217,10 +194,13 @@ class PluginRegistry:
                 spec = importlib.util.spec_from_file_location(modname, file)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[modname] = module
-                spec.loader.exec_module(module)
+                with self._guarded(name, None, "importing", timeout):
+                    spec.loader.exec_module(module)
                 self._dir_files[resolved] = name
                 self.register(module, name)
-            except Exception as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 sys.modules.pop(modname, None)
                 self._dir_files.pop(resolved, None)
                 self._failed(str(file), None, e)
@@ -254,19 +234,59 @@ class PluginRegistry:
         ]
 
     def _call_each(self, hook_name: str, kwargs: dict[str, Any], only: set[str] | None) -> None:
+        timeout = guards.plugin_timeout()[0]
         for impl in self._impls(hook_name, only):
+            dist = self.distribution_of(impl.plugin)
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as e:
-                self._failed(impl.plugin_name, self.distribution_of(impl.plugin), e, hook_name)
+                with self._guarded(impl.plugin_name, dist, hook_name, timeout):
+                    impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
+                self._failed(impl.plugin_name, dist, e, hook_name)
+
+    def _guarded(self, plugin: str, dist: str | None, what: str, timeout: float) -> ExitStack:
+        """The time limit of ``plugin``'s import or hook (``what``), and the guard of each CLI
+        group given to ``register_commands``: the plugin may add commands, not replace others'."""
+        actor = "its import" if what == "importing" else what
+
+        def refuse(problem: str) -> None:
+            self._notice(f"{actor} {problem}", plugin, dist)
+
+        stack, groups = ExitStack(), {id(kw["cli"]): kw["cli"] for h, kw in self._history if "cli" in kw}
+        for group in groups.values():
+            stack.enter_context(guards.command_guard(group, plugin, refuse))
+        stack.enter_context(time_limit(timeout, what))
+        return stack
 
     def _failed(self, plugin: str, dist: str | None, exc: BaseException, hook: str | None = None) -> None:
-        """Record that ``plugin`` failed to load (or its ``hook`` raised); re-raise if strict."""
+        """Record that ``plugin`` failed to load (or its ``hook`` raised or ran past the time
+        limit); re-raise if strict (a SystemExit or time-out as a PluginError)."""
+        if isinstance(exc, PluginTimeout):
+            text = str(exc)
+        else:
+            text = f"{hook} raised {exception_line(exc)}" if hook else exception_line(exc)
+        self._record(LoadError(plugin, dist, text), exc)
+
+    def _notice(self, problem: str | None, plugin: str = "", dist: str | None = None) -> None:
+        """Record a warning that is not a failure: a refused command of ``plugin``, or (no
+        plugin) a FLOWCOND_* setting not understood. A PluginError if strict."""
+        if problem is not None:
+            self._record(LoadError(plugin, dist, problem, failed=False))
+
+    def _record(self, err: LoadError, exc: BaseException | None = None) -> None:
         if strict():
-            raise exc
-        err = LoadError(plugin, dist, f"{hook} raised {exception_line(exc)}" if hook else exception_line(exc))
+            if isinstance(exc, Exception):
+                raise exc
+            raise PluginError(str(err)) from exc
         if err not in self.load_errors:
             self.load_errors.append(err)
+
+    def _check_settings(self) -> float:
+        """Warn about FLOWCOND_* values not understood; the time limit of an import (0: none)."""
+        for warning in guards.setting_warnings():
+            self._notice(warning)
+        return guards.plugin_timeout()[0]
 
     # ------------------------------------------------------------- provenance
     def distribution_of(self, plugin: object) -> str | None:
@@ -290,13 +310,17 @@ class PluginRegistry:
         """Call ``hook_name(register=...)`` on each plugin; everything registered, duplicates
         included. A plugin whose hook raises contributes nothing (its error is recorded)."""
         self.load_entry_points()
+        timeout = guards.plugin_timeout()[0]
         items: list[Registered] = []
         for impl in self._impls(hook_name):
             before = len(items)
             register = make_register(items, impl.plugin_name)
             try:
-                impl.function(**{k: register for k in impl.argnames})
-            except Exception as e:
+                with time_limit(timeout, hook_name):
+                    impl.function(**{k: register for k in impl.argnames})
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:
                 del items[before:]
                 self._failed(impl.plugin_name, self.distribution_of(impl.plugin), e, hook_name)
         return items
@@ -304,13 +328,13 @@ class PluginRegistry:
     def condition_kinds(self) -> dict[str, Registered]:
         """Every registered condition kind by name (``Registered.obj``: the ConditionKind class);
         PluginError naming both plugins if two register the same name."""
-        items = self.registrations("register_conditions", _condition_register)
-        return _unique("register_conditions", items, "condition kind")
+        items = self.registrations("register_conditions", condition_register)
+        return unique("register_conditions", items, "condition kind")
 
     def datasets(self) -> dict[str, Registered]:
         """Every registered dataset loader, by name (``Registered.obj`` is the loader callable)."""
-        return _unique(
-            "register_datasets", self.registrations("register_datasets", _dataset_register), "dataset"
+        return unique(
+            "register_datasets", self.registrations("register_datasets", dataset_register), "dataset"
         )
 
     def get_condition_kind(self, name: str) -> type:
@@ -327,8 +351,8 @@ class PluginRegistry:
         """What ``flowcond plugins`` prints: each plugin's name, distribution, version, hooks and
         the condition kinds and datasets it registers."""
         self.load_entry_points()
-        kinds = self.registrations("register_conditions", _condition_register)
-        sets = self.registrations("register_datasets", _dataset_register)
+        kinds = self.registrations("register_conditions", condition_register)
+        sets = self.registrations("register_datasets", dataset_register)
         out = []
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None or (self.is_builtin(plugin) and not include_builtins):
@@ -346,35 +370,6 @@ class PluginRegistry:
                 entry["path"] = getattr(plugin, "__file__", None)
             out.append(entry)
         return sorted(out, key=lambda e: e["name"])
-
-
-def _unique(hook_name: str, items: list[Registered], what: str) -> dict[str, Registered]:
-    out: dict[str, Registered] = {}
-    for item in items:
-        if item.name in out:
-            raise PluginError(
-                f"{what} {item.name!r} is registered twice, by plugin {out[item.name].plugin!r} "
-                f"and by plugin {item.plugin!r} ({hook_name}); uninstall one, or choose plugins "
-                f"with FLOWCOND_LOAD_PLUGINS"
-            )
-        out[item.name] = item
-    return out
-
-
-def _condition_register(items: list, plugin: str) -> Callable:
-    def register(kind: type) -> None:
-        name = check_kind(kind, plugin)
-        items.append(Registered(name, kind, plugin, (kind.__doc__ or "").strip().split("\n")[0]))
-
-    return register
-
-
-def _dataset_register(items: list, plugin: str) -> Callable:
-    def register(name: str, loader: Callable, description: str = "", extends: str | None = None) -> None:
-        check_loader(name, loader, extends, plugin)
-        items.append(Registered(name, loader, plugin, description, extends))
-
-    return register
 
 
 # ------------------------------------------------------- the default registry
