@@ -29,7 +29,7 @@ import torch
 
 from flowcond import registry
 from flowcond.caglow.config import AttachConfig
-from flowcond.caglow.heads import Heads
+from flowcond.caglow.heads import Heads, plugin_entries
 from flowcond.caglow.latents import LatentCache
 from flowcond.caglow.losses import encoder_losses, supervision_losses, weighted_sum
 from flowcond.conditions import ConditionKind
@@ -51,7 +51,7 @@ from flowcond.training import (
     torch_threads,
 )
 
-__all__ = ["AttachConfig", "attach", "build_kinds", "checkpoint_path", "evaluate_heads"]
+__all__ = ["AttachConfig", "attach", "build_kinds", "checkpoint_path", "heads_metrics"]
 
 CHECKPOINT_KIND = "heads-checkpoint"
 #: attach options a resumed run may change: the number of steps (raised), checkpointing, threads
@@ -85,7 +85,7 @@ def build_kinds(config: AttachConfig, dataset: Any) -> dict:
 
 
 @torch.no_grad()
-def evaluate_heads(
+def heads_metrics(
     heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 1000, seed: int = 1
 ) -> dict[str, Any]:
     """Head metrics on real latents (supervised kinds) and on generated latents (all kinds)."""
@@ -197,7 +197,7 @@ def attach(
     state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
 
     heads.eval()
-    metrics = evaluate_heads(heads, z_test, labels_test, seed=config.seed + 1)
+    metrics = heads_metrics(heads, z_test, labels_test, seed=config.seed + 1)
     summary = {
         "dataset": train.spec,
         "steps": state["step"],
@@ -233,14 +233,9 @@ def plugin_binding(kinds: dict[str, ConditionKind]) -> dict[str, Any]:
     """What a checkpoint records of its plugins (as in the heads file): their order, and for each
     the registering plugin, its version, options and state."""
     out: dict[str, Any] = {"order": list(kinds)}
-    known = registry.condition_kinds()
-    for name, kind in kinds.items():
-        reg = known.get(name)
-        mod = registry.pm.get_plugin(reg.plugin) if reg and reg.plugin else None
-        out[f"{name}.plugin"] = reg.plugin if reg else None
-        out[f"{name}.version"] = registry.plugin_version(mod) if mod else None
-        out[f"{name}.options"] = kind.options.model_dump()
-        out[f"{name}.state"] = kind.state()
+    for entry in plugin_entries(kinds):
+        for key in ("plugin", "version", "options", "state"):
+            out[f"{entry['name']}.{key}"] = entry[key]
     return json.loads(json.dumps(out, default=str))  # as it reads back from the header
 
 

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from flowcond import registry
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.encoder import Encoder
 from flowcond.caglow.supervision import SupervisionBlock
@@ -35,6 +36,27 @@ def resolve_module_kind(requested: str, backbone: Backbone) -> str:
         return requested
     _, h, w = backbone.spatial_shape
     return "conv" if backbone.latent_dim > 4096 and h % 4 == 0 and w % 4 == 0 else "mlp"
+
+
+def plugin_entries(kinds: Mapping[str, ConditionKind]) -> list[dict[str, Any]]:
+    """What a heads file (and an attach checkpoint) records of each attached condition: its name,
+    the plugin that registered it, that plugin's version, its options and its state."""
+    known = registry.condition_kinds()
+    entries = []
+    for name, kind in kinds.items():
+        reg = known.get(name)
+        plugin = reg.plugin if reg else None
+        mod = registry.pm.get_plugin(plugin) if plugin else None
+        entries.append(
+            {
+                "name": name,
+                "plugin": plugin,
+                "version": registry.plugin_version(mod) if mod else None,
+                "options": kind.options.model_dump(),
+                "state": kind.state(),
+            }
+        )
+    return entries
 
 
 class Heads(nn.Module):
@@ -207,22 +229,8 @@ class Heads(nn.Module):
 
     def save(self, path: str | os.PathLike, **metadata: Any) -> None:
         """Write the heads file atomically."""
-        from flowcond import registry
 
-        entries = []
-        for name, kind in self.kinds.items():
-            reg = registry.condition_kinds().get(name)
-            plugin = reg.plugin if reg else None
-            mod = registry.pm.get_plugin(plugin) if plugin else None
-            entries.append(
-                {
-                    "name": name,
-                    "plugin": plugin,
-                    "version": registry.plugin_version(mod) if mod else None,
-                    "options": kind.options.model_dump(),
-                    "state": kind.state(),
-                }
-            )
+        entries = plugin_entries(self.kinds)
         weights = self.head_weights()
         header = {
             "kind": KIND,
@@ -247,8 +255,6 @@ class Heads(nn.Module):
         the field), and the tensors its plugins and attach config imply (from a build on the
         ``meta`` device, which allocates nothing) are compared with the ones the file holds.
         """
-        from flowcond import registry
-
         header, specs = safefile.read_layout(path, KIND)
         info = check_heads_header(path, header)
         if backbone is None:

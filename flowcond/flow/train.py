@@ -85,7 +85,7 @@ def bpd_per_image(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def evaluate_bpd(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
+def mean_bits_per_dim(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
     """Mean test bits/dim with uniform dequantization noise from a fixed generator."""
     return bpd_stats(bpd_per_image(model, ds, batch_size, seed), model.config.n_bits)["mean"]
 

@@ -86,9 +86,9 @@ def backbone_bits_per_dim(ctx: Context) -> float:
     """The backbone's test bits/dim: stored in its file, else computed on the test set."""
     bpd = ctx.backbone.metadata.get("test_bits_per_dim")
     if bpd is None:
-        from flowcond.flow.train import evaluate_bpd
+        from flowcond.flow.train import mean_bits_per_dim
 
-        bpd = evaluate_bpd(ctx.backbone, ctx.test, seed=ctx.cfg.seed)
+        bpd = mean_bits_per_dim(ctx.backbone, ctx.test, seed=ctx.cfg.seed)
     return bpd
 
 

@@ -15,8 +15,8 @@ from flowcond.flow.train import (
     TrainConfig,
     bpd_stats,
     checkpoint_path,
-    evaluate_bpd,
     learning_rate,
+    mean_bits_per_dim,
     train_backbone,
 )
 from flowcond.io import safefile
@@ -41,7 +41,7 @@ def test_training_lowers_test_bits_per_dim(tmp_path):
     start = Backbone(BCFG)
     first = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:256]
     start.initialize(train.images[first])
-    before = evaluate_bpd(start, test)
+    before = mean_bits_per_dim(start, test)
 
     model, summary = train_backbone(BCFG, cfg)
     after = summary["test_bits_per_dim"]
@@ -57,7 +57,7 @@ def test_training_lowers_test_bits_per_dim(tmp_path):
     assert 0 <= loaded.metadata["test_images_worse_than_uniform"] < len(test)
     assert 0 < loaded.metadata["test_bits_per_dim_median"] < 8
     assert loaded.metadata["dataset"]["name"] == "digits"
-    assert evaluate_bpd(loaded, test) == pytest.approx(after, abs=1e-5)
+    assert mean_bits_per_dim(loaded, test) == pytest.approx(after, abs=1e-5)
     header = safefile.read_header(checkpoint_path(cfg.out), CHECKPOINT_KIND)
     assert header["epoch"] == 2 and header["step"] == 46
 

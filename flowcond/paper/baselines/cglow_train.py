@@ -59,7 +59,7 @@ def _labels_at(ds: ImageDataset, idx: Any) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate_cglow_bpd(model: CGlow, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
+def cglow_test_bits_per_dim(model: CGlow, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
     """Mean conditional test bits/dim (uniform dequantization from a fixed generator)."""
     was = model.training
     model.eval()
@@ -177,7 +177,7 @@ def train_cglow(
     model.freeze()
     if callback is not None:
         callback(model, {"step": state["step"], "train_seconds": train_seconds})
-    test_bpd = evaluate_cglow_bpd(model, test, seed=opts.seed) if test is not None else None
+    test_bpd = cglow_test_bits_per_dim(model, test, seed=opts.seed) if test is not None else None
     summary = {
         "dataset": train.spec,
         "test_bits_per_dim": test_bpd,
