@@ -259,3 +259,41 @@ def test_a_backbone_that_encodes_to_huge_latents_is_named(tiny_backbone, tiny_da
     ) as e:
         _build(tiny_backbone, tiny_dataset, tmp_path)
     assert "image 1" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_exploding_but_finite_latent_is_data_not_damage(
+    tiny_backbone, tiny_dataset, tmp_path, monkeypatch, capsys
+):
+    """A flow's inverse can explode on an unseen image (the shipped backbone encodes one MNIST-5k
+    test digit to a latent of norm 1e8): that is what the backbone computes, so it is cached,
+    and loading it again neither fails nor rebuilds."""
+    real = Backbone.encode
+
+    def exploding(self, x):
+        z = real(self, x)
+        z[:, 0] = torch.where(torch.arange(len(z)) == 1, torch.tensor(1.2e8), z[:, 0])
+        return z
+
+    monkeypatch.setattr(Backbone, "encode", exploding)
+    first = _build(tiny_backbone, tiny_dataset, tmp_path)
+    z, _ = first.load_all()
+    assert float(z.abs().max()) == pytest.approx(1.2e8)
+    capsys.readouterr()
+    again = _build(tiny_backbone, tiny_dataset, tmp_path)
+    assert torch.equal(again.load_all()[0], z)
+    assert "re-encoding" not in capsys.readouterr().err
+
+
+def test_the_shipped_backbone_caches_the_test_digit_it_explodes_on(tmp_path):
+    """The README's main job: the shipped backbone's inverse explodes on MNIST-5k test digit 934
+    (latent norm about 1e8). Caching the test split must keep it, not refuse it."""
+    from pathlib import Path
+
+    from flowcond.datasets import load_dataset
+
+    shipped = Path(__file__).resolve().parents[2] / "examples" / "backbones" / "glow_mnist5k.safetensors"
+    test = load_dataset("mnist5k", "test")
+    cache = LatentCache.build(Backbone.load(shipped), test, tmp_path / "cache", progress=False)
+    z, _ = cache.load_all()
+    assert torch.isfinite(z).all() and len(z) == len(test)
+    assert float(z[934].norm()) > 1e7
