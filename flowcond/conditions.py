@@ -96,7 +96,7 @@ class ConditionKind(ABC):
         try:
             model = cls.State.model_validate(state)
         except ValidationError as e:
-            msgs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'state'}: {x['msg']}" for x in e.errors())
+            msgs = validation_message(e, whole="state")
             raise ConfigError(f"condition plugin {cls.name!r}: invalid state: {msgs}") from None
         return {**state, **model.model_dump(include=set(state))}
 

@@ -24,9 +24,17 @@ class ConfigError(FlowcondError):
     """A configuration value (CLI option, config file field) is invalid."""
 
 
-def validation_message(error: Any) -> str:
-    """A pydantic ``ValidationError`` as one line: ``field: problem; field: problem``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())
+def validation_message(error: Any, where: str = "", whole: str = "config") -> str:
+    """A pydantic ``ValidationError`` as one line: ``field: problem; field: problem``.
+
+    ``where`` prefixes every field (the header field that was validated, e.g. ``attach_config``);
+    ``whole`` names an error about the object as a whole (no field).
+    """
+    parts = []
+    for e in error.errors():
+        loc = ".".join(str(p) for p in (where, *e["loc"]) if p != "") or whole
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
 
 
 class PluginError(FlowcondError):

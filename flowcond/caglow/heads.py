@@ -22,9 +22,8 @@ from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.encoder import Encoder
 from flowcond.caglow.supervision import SupervisionBlock
 from flowcond.conditions import ConditionKind
-from flowcond.errors import ConfigError, FileFormatError, PluginError
+from flowcond.errors import ConfigError, FileFormatError, PluginError, validation_message
 from flowcond.flow.backbone import Backbone
-from flowcond.flow.header import field_errors
 from flowcond.io import safefile
 
 KIND = "heads"
@@ -286,7 +285,7 @@ class Heads(nn.Module):
             config = AttachConfig(**header["attach_config"])
         except ValidationError as e:
             raise FileFormatError(
-                path, f"invalid attach config in header: {field_errors('attach_config', e)}"
+                path, f"invalid attach config in header: {validation_message(e, 'attach_config')}"
             ) from None
         expected = _expected_weights(path, backbone, kinds, config)
         tensors, _ = safefile.read(path, KIND, expected, against="the header")
@@ -334,7 +333,9 @@ def check_heads_header(path: str | os.PathLike, header: dict[str, Any]) -> Heads
     try:
         info = HeadsHeader.model_validate(header)
     except ValidationError as e:
-        raise FileFormatError(path, f"invalid heads header: {field_errors('', e)}") from None
+        raise FileFormatError(
+            path, f"invalid heads header: {validation_message(e, whole='header')}"
+        ) from None
     names = [p.name for p in info.plugins]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

@@ -68,7 +68,7 @@ def check_backbone_header(path: str | os.PathLike, header: dict[str, Any]) -> Ba
         config = BackboneConfig.from_header(data)
     except ValidationError as e:
         raise FileFormatError(
-            path, f"invalid backbone config in header: {field_errors('config', e)}"
+            path, f"invalid backbone config in header: {validation_message(e, 'config')}"
         ) from None
     except (TypeError, ValueError) as e:
         raise FileFormatError(path, f"invalid backbone config in header: config: {e}") from None
@@ -94,7 +94,7 @@ def check_metadata(path: str | os.PathLike, header: dict[str, Any]) -> None:
         if model.training is not None:
             _Training.model_validate(model.training)
     except ValidationError as e:
-        raise FileFormatError(path, f"invalid backbone header: {field_errors('training', e)}") from None
+        raise FileFormatError(path, f"invalid backbone header: {validation_message(e, 'training')}") from None
 
 
 def expected_weights(config: BackboneConfig, prefix: str = "") -> dict[str, TensorSpec]:
@@ -139,16 +139,6 @@ def expected_weights(config: BackboneConfig, prefix: str = "") -> dict[str, Tens
         for name in ("loc", "loc_logs", "log_scale", "log_scale_logs"):
             add(f"q0.{i}.{name}", 1, q, 1, 1)
     return out
-
-
-def field_errors(where: str, error: ValidationError) -> str:
-    """A pydantic error of the header field ``where`` (``""``: the whole header) as
-    ``where.field: problem; ...``."""
-    parts = []
-    for e in error.errors():
-        loc = ".".join(str(p) for p in (where, *e["loc"]) if p != "") or "header"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def _type(value: Any) -> str:

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from flowcond.datasets import ImageDataset
-from flowcond.errors import ConfigError, FileFormatError
+from flowcond.errors import ConfigError, FileFormatError, validation_message
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig
-from flowcond.flow.header import expected_weights, field_errors
+from flowcond.flow.header import expected_weights
 from flowcond.io import safefile
 
 KIND = "cglow"
@@ -268,11 +268,11 @@ class CGlow(nn.Module):
         try:
             config = BackboneConfig(**header["config"])
         except ValidationError as e:
-            raise FileFormatError(path, f"invalid cglow header: {field_errors('config', e)}") from None
+            raise FileFormatError(path, f"invalid cglow header: {validation_message(e, 'config')}") from None
         try:
             cglow = CGlowConfig(**header["cglow"])
         except ValidationError as e:
-            raise FileFormatError(path, f"invalid cglow header: {field_errors('cglow', e)}") from None
+            raise FileFormatError(path, f"invalid cglow header: {validation_message(e, 'cglow')}") from None
         check_cglow_config(path, cglow)
         expected = cls.expected_weights(config, cglow)
         tensors, header = safefile.read(path, KIND, expected)
