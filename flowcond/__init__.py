@@ -21,6 +21,8 @@ _LAZY = {
     "BackboneConfig": "flowcond.flow.config",
     "TrainConfig": "flowcond.flow.config",
     "train_backbone": "flowcond.flow.train",
+    "import_backbone": "flowcond.flow.import_backbone",
+    "NormflowsImportConfig": "flowcond.flow.import_config",
     "AttachConfig": "flowcond.caglow.config",
     "Lambdas": "flowcond.caglow.config",
     "attach": "flowcond.caglow.attach",
@@ -46,11 +48,13 @@ __all__ = [
     "LabelField",
     "Lambdas",
     "LatentCache",
+    "NormflowsImportConfig",
     "PluginError",
     "TrainConfig",
     "__version__",
     "attach",
     "hookimpl",
+    "import_backbone",
     "load_dataset",
     "save_grid",
     "train_backbone",
@@ -81,5 +85,7 @@ if TYPE_CHECKING:
     from flowcond.datasets import ImageDataset, LabelField, load_dataset
     from flowcond.flow.backbone import Backbone
     from flowcond.flow.config import BackboneConfig, TrainConfig
+    from flowcond.flow.import_backbone import import_backbone
+    from flowcond.flow.import_config import NormflowsImportConfig
     from flowcond.flow.train import train_backbone
     from flowcond.io.images import save_grid

@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
     from flowcond.caglow.inputs import OneHot
 
-__all__ = ["ConditionKind", "NoOptions", "OneHot", "check_kind", "label_field"]
+__all__ = [
+    "ConditionKind",
+    "NoOptions",
+    "OneHot",
+    "check_kind",
+    "label_columns",
+    "label_field",
+    "malformed_condition",
+]
 
 
 class NoOptions(BaseModel):
@@ -59,6 +67,15 @@ class ConditionKind(ABC):
     #: for kinds that derive their targets or need no labels. ``flowcond evaluate`` uses it to
     #: find the condition for a dataset's class field and for its attribute field.
     label_kind: ClassVar[str | None] = None
+    #: default weight of this kind's head loss inside ``L_C`` (supervised) or ``L_De``
+    #: (unsupervised); ``--lambda C.NAME=W`` / ``--lambda De.NAME=W`` overrides it per attach.
+    #: Use it to bring a loss of another scale (a regression MSE) in line with cross-entropy.
+    loss_weight: ClassVar[float] = 1.0
+    #: the control ``flowcond demo`` shows: ``"dropdown"`` or ``"radio"`` (the values ``0, 1,
+    #: ...`` that :meth:`parse` accepts), ``"checkboxes"`` or ``"sliders"`` (one per target
+    #: component; sliders over :attr:`value_range`), ``"text"`` (a ``--condition`` value). None:
+    #: derived from :attr:`label_kind` and :attr:`value_range` (docs/writing-plugins.md).
+    widget: ClassVar[str | None] = None
 
     def __init__(
         self, options: BaseModel | dict[str, Any] | None, state: dict[str, Any] | None = None
@@ -139,10 +156,22 @@ class ConditionKind(ABC):
         return ",".join(f"{v:g}" for v in target.reshape(-1).tolist())
 
     @property
-    def value_range(self) -> tuple[float, float] | None:
-        """Range of each target component for sweeps (``flowcond explore``), e.g. ``(-1, 1)`` for
-        uniform codes; None when the targets are not numbers to sweep (class ids)."""
+    def value_range(self) -> tuple[float, float] | list[tuple[float, float]] | None:
+        """What ``flowcond explore`` sweeps: ``(low, high)`` for every target component (e.g.
+        ``(-1, 1)`` for uniform codes), or a list of one ``(low, high)`` per component (columns of
+        different units); None when the targets are not numbers to sweep (class ids), and then
+        ``explore`` refuses the kind. Both ends must be values :meth:`parse` accepts: the sweep's
+        ends go through ``parse(format(target))``, so the kind's range checks apply."""
         return None
+
+    @property
+    def component_names(self) -> list[str]:
+        """Names of the target components (``explore`` labels and ``--code NAME``); default:
+        their indices ``"0"``, ``"1"``, ..."""
+        width = 1
+        for d in self.target_shape:
+            width *= int(d)
+        return [str(i) for i in range(width)]
 
     def edit(self, target: torch.Tensor, value: str) -> torch.Tensor:
         """Apply a cumulative edit (``--add name=value``) to one target. Default: replace it."""
@@ -226,11 +255,43 @@ def label_field(plugin: str, dataset: Any, kind: str, field: str | None = None) 
             )
         return schema[fitting[0]]
     if field not in schema or schema[field].kind != kind:
+        whole = "; it takes a whole field, not FIELD.COLUMN" if "." in field else ""
         raise ConfigError(
             f"condition plugin {plugin!r}: field={field!r} is not a {kind} label field of {where}; "
-            f"choose one of: {', '.join(fitting) or 'none'} (its labels: {listing})"
+            f"choose one of: {', '.join(fitting) or 'none'} (its labels: {listing}){whole}"
         )
     return schema[field]
+
+
+def malformed_condition(item: str, kinds: dict[str, ConditionKind]) -> ConfigError:
+    """The error for a ``--condition`` without ``=``: names the one kind at fault (the one it
+    names) and its ``value_help``; else lists the kinds, not every kind's help run together."""
+    words = item.replace(":", " ").split()
+    kind = kinds.get(item.strip()) or (kinds.get(words[0]) if words else None)
+    if kind is not None:
+        expected = kind.value_help or f"{kind.name}=VALUE"
+        return ConfigError(
+            f"condition {item!r} must look like NAME=VALUE; condition plugin {kind.name!r} expects {expected}"
+        )
+    return ConfigError(f"condition {item!r} must look like NAME=VALUE with NAME one of: {', '.join(kinds)}")
+
+
+def label_columns(plugin: str, dataset: Any, kind: str, field: str | None = None) -> tuple[Any, list[int]]:
+    """``label_field`` for a field that may name columns: ``"morphometrics"`` (every column),
+    ``"morphometrics.thickness"`` or ``"morphometrics.thickness,slant"`` (columns by name, ignoring
+    case, or by index). Returns the ``LabelField`` and the column indices, in the order given.
+
+    Raises ConfigError naming the plugin, the field and its columns.
+    """
+    if field is not None and field not in (getattr(dataset, "schema", None) or {}) and "." in field:
+        name, _, wanted = field.partition(".")
+        f = label_field(plugin, dataset, kind, name)
+        columns = [f.column_index(c, plugin) for c in wanted.split(",")]
+        if len(set(columns)) != len(columns):
+            raise ConfigError(f"condition plugin {plugin!r}: field={field!r} names a column twice")
+        return f, columns
+    f = label_field(plugin, dataset, kind, field)
+    return f, list(range(f.size))
 
 
 def __getattr__(name: str) -> Any:

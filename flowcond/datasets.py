@@ -30,10 +30,33 @@ class LabelField:
     name: str
     kind: LabelKind
     size: int
+    #: class names (categorical) or column names (binary, continuous); may be empty
     names: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names of a binary or continuous field (its ``names``, else ``"0"``, ``"1"``,
+        ...); a categorical field has one unnamed column, ``[]``."""
+        if self.kind == "categorical":
+            return []
+        return list(self.names) if len(self.names) == self.size else [str(i) for i in range(self.size)]
+
+    def column_index(self, column: str, plugin: str | None = None) -> int:
+        """Index of ``column`` (a column name, ignoring case, or an index); ConfigError naming
+        the field and its columns otherwise (and ``plugin``, if given)."""
+        columns = self.columns
+        key = column.strip()
+        lowered = [c.lower() for c in columns]
+        if key.lower() in lowered:
+            return lowered.index(key.lower())
+        if key.isdigit() and int(key) < len(columns):
+            return int(key)
+        who = f"condition plugin {plugin!r}: " if plugin else ""
+        known = ", ".join(columns) if columns else "none (a categorical field has no columns)"
+        raise ConfigError(f"{who}label field {self.name!r} has no column {key!r}; its columns: {known}")
 
 
 class ImageDataset:
@@ -42,6 +65,10 @@ class ImageDataset:
     ``images`` is either a tensor ``(N, C, H, W)`` or a callable ``index -> (C, H, W)`` for lazy
     loading (then ``image_shape`` must be given). Items are ``(image, {field: label})``: a map-style
     dataset (``len`` and indexing), usable with ``torch.utils.data.DataLoader``.
+
+    ``spec`` (JSON-serializable) says which data this is: ``name`` (the registered dataset name)
+    and ``split`` (``train``/``test``) name its latent cache folder, and the whole spec, with the
+    size, a fingerprint of the labels and the provider's version, is the cache's key.
     """
 
     def __init__(
@@ -56,6 +83,8 @@ class ImageDataset:
         self.labels = labels
         self.schema = {f.name: f for f in schema}
         self.spec = spec
+        #: which plugin loaded it: ``{"plugin", "distribution", "version"}`` (set by load_dataset)
+        self.provider: dict[str, Any] | None = None
         if not callable(images):  # a tensor
             self._n = images.shape[0]
             self.image_shape = tuple(images.shape[1:])
@@ -111,13 +140,22 @@ def check_loader(name: Any, loader: Any, extends: Any, plugin: str) -> None:
 def load_dataset(
     name: str, split: str = "train", root: str | None = None, download: bool = False, **options: Any
 ) -> ImageDataset:
-    """Load a registered dataset by name (``flowcond plugins`` lists them)."""
-    from flowcond.registry import datasets
+    """Load a registered dataset by name (``flowcond plugins`` lists them), or by qualified
+    name ``provider:name`` when two plugins register the name. The dataset's :attr:`ImageDataset.provider`
+    records which plugin, distribution and version loaded it (part of the latent cache key)."""
+    from flowcond.registry import dataset_names
 
-    registry = datasets()
-    if name not in registry:
-        known = ", ".join(sorted(registry)) or "none"
-        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {known}")
+    names = dataset_names()
+    found = names.find(name)  # PluginError if two plugins register it
+    if found is None:
+        raise ConfigError(f"unknown dataset {name!r}; registered datasets: {names.listing()}")
     if split not in ("train", "test"):
         raise ConfigError(f"dataset split must be 'train' or 'test', got {split!r}")
-    return registry[name].obj(split=split, root=root, download=download, **options)
+    dataset = found.obj(split=split, root=root, download=download, **options)
+    if isinstance(dataset, ImageDataset):
+        dataset.provider = {
+            "plugin": found.plugin,
+            "distribution": found.distribution,
+            "version": found.version,
+        }
+    return dataset

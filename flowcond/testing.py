@@ -10,8 +10,11 @@ tests can use them without importing anything:
 ``flowcond_no_plugins``
     The same, but starting from no plugins at all, with entry-point autoloading off.
 ``flowcond_register``
-    ``flowcond_register(plugin, name=None)`` registers a module, object or ConditionKind subclass
-    for one test.
+    ``flowcond_register(plugin, name=None, shadow=True)`` registers a module, object or
+    ConditionKind subclass for one test; a kind class shadows an installed kind of the same name.
+``flowcond_register_dataset``
+    ``flowcond_register_dataset(name, loader, description="", extends=None)`` registers a dataset
+    loader for one test (it shadows an installed dataset of the same name).
 ``flowcond_cli``
     ``flowcond_cli("plugins", "--all")`` runs ``flowcond.cli:cli`` in a click ``CliRunner``; the
     result has ``exit_code``, ``stdout``, ``stderr`` and ``output``.
@@ -21,7 +24,9 @@ tests can use them without importing anything:
     :func:`tiny_image_dataset`: 32 random 1x8x8 images with a categorical ``digit`` field
     (10 named classes) and a binary ``attributes`` field (smiling, eyeglasses, male).
 
-Heavy imports happen inside the fixtures, so loading this module costs pytest nothing.
+``check_condition_kind(KindClass, options=None, dataset=None)`` (from
+:mod:`flowcond.caglow.conformance`) runs every contract check on a kind. Heavy imports happen
+inside the fixtures, so loading this module costs pytest nothing.
 """
 
 from __future__ import annotations
@@ -104,18 +109,35 @@ class PluginSandbox:
         """Plugin load and hook errors recorded so far (``flowcond.registry.load_errors``)."""
         return self.registry.load_errors
 
-    def register(self, plugin: Any, name: str | None = None) -> str:
+    def register(self, plugin: Any, name: str | None = None, shadow: bool = True) -> str:
         """Register a module, an object with hook implementations, or a ConditionKind subclass
-        (wrapped in a plugin whose ``register_conditions`` registers it). Returns its name."""
+        (wrapped in a plugin whose ``register_conditions`` registers it). Returns its name.
+
+        A kind class registered with ``shadow=True`` (default) keeps its plain name even if an
+        installed plugin registers the same name (test your kind while it is installed); with
+        ``shadow=False`` the name is ambiguous, as with two installed plugins."""
         from flowcond.conditions import ConditionKind
 
         if isinstance(plugin, type) and issubclass(plugin, ConditionKind):
-            plugin = _KindPlugin(plugin)
+            plugin = _KindPlugin(plugin, shadow)
             name = name or f"test-{plugin.kind.name}"
         if name is None:
             self._counter += 1
             name = getattr(plugin, "__name__", None) or f"test-plugin-{self._counter}"
         return self.registry.register(plugin, name)
+
+    def register_dataset(
+        self,
+        name: str,
+        loader: Callable,
+        description: str = "",
+        extends: str | None = None,
+        shadow: bool = True,
+    ) -> str:
+        """Register a dataset ``loader(split, root=None, download=False, **options)`` as ``name``
+        (shadowing an installed dataset of that name unless ``shadow=False``); the plugin name."""
+        plugin = _DatasetPlugin(name, loader, description, extends, shadow)
+        return self.registry.register(plugin, f"test-dataset-{name}")
 
     def unregister(self, name: str) -> None:
         """Unregister the plugin called ``name``."""
@@ -146,17 +168,45 @@ class PluginSandbox:
 class _KindPlugin:
     """A plugin registering one condition kind (made by :meth:`PluginSandbox.register`)."""
 
-    def __init__(self, kind: type) -> None:
+    def __init__(self, kind: type, shadow: bool = True) -> None:
         self.kind = kind
+        self.flowcond_shadow = shadow  # read by the registry: keeps the plain name
 
     @pluggy.HookimplMarker("flowcond")  # = flowcond.hookimpl, without importing flowcond here
     def register_conditions(self, register: Callable) -> None:
         register(self.kind)
 
 
+class _DatasetPlugin:
+    """A plugin registering one dataset (made by :meth:`PluginSandbox.register_dataset`)."""
+
+    def __init__(
+        self, name: str, loader: Callable, description: str, extends: str | None, shadow: bool
+    ) -> None:
+        self.args = (name, loader, description, extends)
+        self.flowcond_shadow = shadow
+
+    @pluggy.HookimplMarker("flowcond")
+    def register_datasets(self, register: Callable) -> None:
+        name, loader, description, extends = self.args
+        register(name, loader, description, extends=extends)
+
+
+def check_condition_kind(
+    kind_class: type, options: dict[str, Any] | None = None, dataset: Any = None, backbone: Any = None
+) -> Any:
+    """Every contract check on ``kind_class`` (:func:`flowcond.caglow.conformance.check_condition_kind`):
+    a one-line PluginError at the first failure; returns the kind built on ``dataset``."""
+    from flowcond.caglow.conformance import check_condition_kind as check
+
+    return check(kind_class, options, dataset, backbone)
+
+
 def tiny_image_dataset(n: int = 32, seed: int = 0) -> ImageDataset:
-    """``n`` random 1x8x8 images with a categorical ``digit`` field (10 classes named '0'..'9')
-    and a binary ``attributes`` field (smiling, eyeglasses, male)."""
+    """``n`` random 1x8x8 images with a categorical ``digit`` field (10 classes named '0'..'9'),
+    a binary ``attributes`` field (smiling, eyeglasses, male) and a continuous ``measures`` field
+    (brightness: mean pixel, contrast: pixel std of each image; address one column as
+    ``measures.brightness``)."""
     import torch
 
     from flowcond.datasets import ImageDataset, LabelField
@@ -165,12 +215,14 @@ def tiny_image_dataset(n: int = 32, seed: int = 0) -> ImageDataset:
     images = torch.rand(n, 1, 8, 8, generator=g)
     digit = torch.arange(n) % 10
     attributes = (torch.rand(n, 3, generator=g) < torch.tensor([0.5, 0.25, 0.75])).float()
+    measures = torch.stack([images.mean((1, 2, 3)), images.std((1, 2, 3))], dim=1)
     return ImageDataset(
         images,
-        {"digit": digit, "attributes": attributes},
+        {"digit": digit, "attributes": attributes, "measures": measures},
         [
             LabelField("digit", "categorical", 10, [str(i) for i in range(10)]),
             LabelField("attributes", "binary", 3, ["smiling", "eyeglasses", "male"]),
+            LabelField("measures", "continuous", 2, ["brightness", "contrast"]),
         ],
         {"name": "tiny", "split": "train"},
     )
@@ -224,8 +276,16 @@ def flowcond_no_plugins() -> Iterator[PluginSandbox]:
 
 @pytest.fixture
 def flowcond_register(flowcond_plugins: PluginSandbox) -> Callable[..., str]:
-    """``flowcond_register(plugin, name=None) -> name``: register a plugin for this test only."""
+    """``flowcond_register(plugin, name=None, shadow=True) -> name``: register a plugin for this
+    test only (a kind class shadows an installed kind of the same name)."""
     return flowcond_plugins.register
+
+
+@pytest.fixture
+def flowcond_register_dataset(flowcond_plugins: PluginSandbox) -> Callable[..., str]:
+    """``flowcond_register_dataset(name, loader, description="", extends=None)``: register a
+    dataset loader for this test only (shadowing an installed dataset of the same name)."""
+    return flowcond_plugins.register_dataset
 
 
 class CliInvoker:
@@ -274,5 +334,6 @@ def tiny_backbone() -> Backbone:
 
 @pytest.fixture
 def tiny_dataset() -> ImageDataset:
-    """:func:`tiny_image_dataset` (32 images, ``digit`` categorical, ``attributes`` binary)."""
+    """:func:`tiny_image_dataset` (32 images, ``digit`` categorical, ``attributes`` binary,
+    ``measures`` continuous)."""
     return tiny_image_dataset()

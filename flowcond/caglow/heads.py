@@ -17,12 +17,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from flowcond import registry
+from flowcond import contract, registry
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.encoder import Encoder
+from flowcond.caglow.label_table import PRIORS, LabelTable, joint_targets, table_specs
+from flowcond.caglow.providers import plugin_entries, resolve_kind
 from flowcond.caglow.supervision import SupervisionBlock
-from flowcond.conditions import ConditionKind
-from flowcond.errors import ConfigError, FileFormatError, PluginError, validation_message
+from flowcond.conditions import ConditionKind, malformed_condition
+from flowcond.errors import ConfigError, FileFormatError, validation_message
 from flowcond.flow.backbone import Backbone
 from flowcond.io import safefile
 
@@ -37,27 +39,6 @@ def resolve_module_kind(requested: str, backbone: Backbone) -> str:
     return "conv" if backbone.latent_dim > 4096 and h % 4 == 0 and w % 4 == 0 else "mlp"
 
 
-def plugin_entries(kinds: Mapping[str, ConditionKind]) -> list[dict[str, Any]]:
-    """What a heads file (and an attach checkpoint) records of each attached condition: its name,
-    the plugin that registered it, that plugin's version, its options and its state."""
-    known = registry.condition_kinds()
-    entries = []
-    for name, kind in kinds.items():
-        reg = known.get(name)
-        plugin = reg.plugin if reg else None
-        mod = registry.pm.get_plugin(plugin) if plugin else None
-        entries.append(
-            {
-                "name": name,
-                "plugin": plugin,
-                "version": registry.plugin_version(mod) if mod else None,
-                "options": kind.options.model_dump(),
-                "state": kind.state(),
-            }
-        )
-    return entries
-
-
 class Heads(nn.Module):
     """Conditional generator on a frozen backbone. ``kinds`` keeps the order of the plugins."""
 
@@ -66,6 +47,9 @@ class Heads(nn.Module):
         object.__setattr__(self, "backbone", backbone)  # not a submodule: not saved with the heads
         self.kinds = dict(kinds)
         self.config = config
+        #: training targets of the supervised kinds (the joint prior of un-given conditions);
+        #: None for heads attached before it existed (then only the independent priors)
+        self.label_table: LabelTable | None = None
         enc_kind = resolve_module_kind(config.encoder, backbone)
         sup_kind = resolve_module_kind(config.supervision, backbone)
         self.inputs = nn.ModuleDict({n: k.input_module() for n, k in self.kinds.items()})
@@ -105,24 +89,28 @@ class Heads(nn.Module):
             name, sep, value = item.partition("=")
             name = name.strip()
             if not sep:
-                raise ConfigError(f"condition {item!r} must look like NAME=VALUE, e.g. {self._example()}")
+                raise malformed_condition(item, self.kinds)
             if name not in self.kinds:
                 raise ConfigError(
                     f"condition {item!r}: plugin {name!r} is not attached; this heads file has "
                     f"{', '.join(self.kinds)}"
                 )
-            out[name] = self.kinds[name].parse(value.strip())
+            kind = self.kinds[name]
+            out[name] = contract.check_target(kind, kind.parse(value.strip()))
         return out
-
-    def _example(self) -> str:
-        return " ".join(k.value_help for k in self.kinds.values() if k.value_help) or "ids=3"
 
     def expand_targets(self, n: int, given: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Given targets (one per plugin, or already ``n``) repeated to ``n`` rows."""
         out = {}
         for name, t in given.items():
             t = torch.as_tensor(t)
-            single = t.dim() == len(self.kinds[name].target_shape)
+            shape = tuple(self.kinds[name].target_shape)
+            if tuple(t.shape) not in (shape, (n, *shape)):
+                raise ConfigError(
+                    f"target of {name!r} has shape {tuple(t.shape)}, expected {shape} (one target) "
+                    f"or {(n, *shape)} (one per image)"
+                )
+            single = t.dim() == len(shape)
             out[name] = t.unsqueeze(0).expand(n, *t.shape).clone() if single else t
         return out
 
@@ -131,13 +119,29 @@ class Heads(nn.Module):
         n: int,
         given: Mapping[str, torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
+        prior: str = "joint",
     ) -> dict[str, torch.Tensor]:
-        """``n`` targets per plugin: the given one repeated, else drawn from the plugin's prior."""
+        """``n`` targets per plugin: the given one repeated, else drawn from its prior.
+
+        ``prior="joint"`` (default): the supervised kinds not given come from a random training
+        row matching the given ones (:class:`~flowcond.caglow.label_table.LabelTable`); rows no
+        training row matches, and heads without a table, fall back to the independent priors,
+        said on stderr. ``"independent"``: each kind's own prior. Unsupervised kinds always draw
+        from their own prior.
+        """
+        if prior not in PRIORS:
+            raise ConfigError(f"--prior {prior}: choose one of {', '.join(PRIORS)}")
         out = self.expand_targets(n, given or {})
+        if prior == "joint":
+            self._joint_targets(out, n, generator)
         for name, kind in self.kinds.items():
             if name not in out:
-                out[name] = kind.sample_prior(n, generator)
+                out[name] = contract.check_prior(kind, kind.sample_prior(n, generator), n)
         return {name: out[name] for name in self.kinds}
+
+    def _joint_targets(self, out: dict[str, torch.Tensor], n: int, generator: torch.Generator | None) -> None:
+        """Fill ``out`` with the un-given supervised targets drawn from the label table."""
+        joint_targets(self.kinds, self.label_table, out, n, generator)
 
     # ----------------------------------------------------------------- latents
     def noise(
@@ -191,7 +195,8 @@ class Heads(nn.Module):
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Latents -> images through the frozen backbone, in batches. Non-finite latents or
         pixels are a FlowcondError saying how many of how many (:meth:`Backbone.decode`)."""
-        return self.backbone.decode_in_batches(z, batch_size)
+        device = self.backbone.device  # the backbone may run on a GPU, the heads on the CPU
+        return self.backbone.decode_in_batches(z.to(device), batch_size).to(z.device)
 
     @torch.no_grad()
     def sample(
@@ -231,6 +236,8 @@ class Heads(nn.Module):
 
         entries = plugin_entries(self.kinds)
         weights = self.head_weights()
+        if self.label_table is not None:
+            weights.update(self.label_table.tensors())
         header = {
             "kind": KIND,
             "backbone": {
@@ -269,16 +276,12 @@ class Heads(nn.Module):
                 f"backbone{where} {backbone.content_hash[:12]}",
             )
         kinds = {}
-        available = registry.condition_kinds()
+        names = registry.condition_kind_names()
         for i, entry in enumerate(info.plugins):
             name = entry.name
-            if name not in available:
-                raise PluginError(
-                    f"{path}: needs condition plugin {name!r} (from {entry.plugin}, version "
-                    f"{entry.version}), which is not installed"
-                )
+            kind_class = resolve_kind(path, entry, names)  # recorded distribution checked
             try:
-                kinds[name] = available[name].obj(entry.options, entry.state)
+                kinds[name] = kind_class(entry.options, entry.state)
             except ConfigError as e:
                 raise FileFormatError(path, f"plugins.{i} ({name}): {e}") from None
         try:
@@ -288,9 +291,12 @@ class Heads(nn.Module):
                 path, f"invalid attach config in header: {validation_message(e, 'attach_config')}"
             ) from None
         expected = _expected_weights(path, backbone, kinds, config)
+        expected.update(table_specs(specs))
         tensors, _ = safefile.read(path, KIND, expected, against="the header")
+        table = LabelTable.pop_from(tensors, path, kinds)
         heads = cls(backbone, kinds, config)
         safefile.load_weights(heads, tensors, path, against="the header")
+        heads.label_table = table
         heads.metadata = {k: v for k, v in header.items() if k not in ("kind", "format_version")}
         return heads.eval()
 
@@ -312,6 +318,9 @@ class PluginEntry(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     plugin: str | None = None
+    #: the distribution that provided the kind, and its version (None: an older heads file, or
+    #: a --plugins-dir or test plugin)
+    distribution: str | None = Field(None, max_length=200)
     version: str | None = None
     options: dict[str, Any] | None = None
     state: dict[str, Any]

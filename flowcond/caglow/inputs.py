@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AsFloat", "Embedding", "OneHot"]
+__all__ = ["AsFloat", "Embedding", "OneHot", "Standardize"]
 
 
 class AsFloat(nn.Module):
@@ -40,3 +40,21 @@ class Embedding(nn.Embedding):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return super().forward(t.long().reshape(-1))
+
+
+class Standardize(nn.Module):
+    """Input module for measured quantities: ``(targets - mean) / std`` as float ``(B, width)``.
+
+    ``mean`` and ``std`` come from the kind's state (statistics of the training labels), so they
+    are non-persistent buffers: not written to the heads file, rebuilt from the state."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not mean:
+            raise ValueError(f"Standardize needs one mean and one std per column, got {mean}, {std}")
+        self.width = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return (t.float().reshape(t.shape[0], self.width) - self.mean) / self.std

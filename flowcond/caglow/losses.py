@@ -17,14 +17,40 @@ import torch.nn.functional as F
 
 from flowcond.caglow.config import Lambdas
 from flowcond.caglow.heads import Heads
+from flowcond.conditions import ConditionKind
+from flowcond.errors import ConfigError
+
+
+def loss_weights(lambdas: Lambdas, kinds: Mapping[str, ConditionKind]) -> dict[str, float]:
+    """Each kind's weight inside ``C`` (supervised) or ``De`` (unsupervised): ``--lambda C.NAME``
+    / ``De.NAME``, else the kind's ``loss_weight``. A one-line ConfigError for a weight of a kind
+    not attached, in the wrong group, or a ``loss_weight`` that is not a finite number >= 0."""
+    for key in lambdas.kinds:
+        group, _, name = key.partition(".")
+        if name not in kinds:
+            raise ConfigError(f"--lambda {key}: no condition {name!r} is attached ({', '.join(kinds)})")
+        right = "C" if kinds[name].supervised else "De"
+        if group != right:
+            raise ConfigError(f"--lambda {key}: the loss of {name!r} is part of {right}: use {right}.{name}")
+    out = {}
+    for name, kind in kinds.items():
+        default = getattr(kind, "loss_weight", 1.0)
+        if isinstance(default, bool) or not isinstance(default, int | float) or not 0 <= default < 1e6:
+            raise ConfigError(
+                f"condition plugin {name!r}: loss_weight {default!r} must be a number in [0, 1e6)"
+            )
+        out[name] = lambdas.kind_weight("C" if kind.supervised else "De", name, float(default))
+    return out
 
 
 def kind_losses(heads: Heads, outs: Mapping, targets: Mapping, supervised: bool) -> torch.Tensor:
-    """Sum of the heads' losses of the supervised (Eq. 12) or unsupervised (Eq. 13) kinds."""
+    """Weighted sum (:func:`loss_weights`) of the heads' losses of the supervised (Eq. 12) or
+    unsupervised (Eq. 13) kinds."""
+    weights = loss_weights(heads.config.lambdas, heads.kinds)
     total = torch.zeros(())
     for name, kind in heads.kinds.items():
         if kind.supervised == supervised:
-            total = total + kind.loss(outs[name], targets[name])
+            total = total + weights[name] * kind.loss(outs[name], targets[name])
     return total
 
 

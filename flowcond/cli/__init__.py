@@ -1,10 +1,13 @@
 """The ``flowcond`` command group. Commands live in one module per command group:
 
 - :mod:`flowcond.cli.backbone`: ``train-backbone``, ``info``
+- :mod:`flowcond.cli.importing`: ``import-backbone``
 - :mod:`flowcond.cli.attach`: ``attach``
 - :mod:`flowcond.cli.generate`: ``sample``, ``interpolate``, ``explore``, ``manipulate``
 - :mod:`flowcond.cli.paper`: ``evaluate``, ``train-evaluator``
 - :mod:`flowcond.cli.plugins`: ``plugins``
+- :mod:`flowcond.cli.datasets`: ``datasets``
+- :mod:`flowcond.cli.demo`: ``demo`` (Gradio, the extra ``flowcond[demo]``)
 
 Those modules import only click, pydantic and the torch-free config models; each command imports
 what it runs (torch, normflows) inside its function, so ``flowcond --help``, ``flowcond
@@ -22,7 +25,7 @@ from __future__ import annotations
 import click
 
 from flowcond import registry
-from flowcond.cli import attach, backbone, generate, paper, plugins
+from flowcond.cli import attach, backbone, datasets, demo, generate, importing, paper, plugins
 from flowcond.errors import FlowcondError
 
 
@@ -76,7 +79,7 @@ def cli() -> None:
     """flowcond: make a frozen, pretrained Glow controllable (CAGlow)."""
 
 
-for _module in (backbone, plugins, attach, generate, paper):
+for _module in (backbone, importing, plugins, datasets, attach, generate, paper, demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

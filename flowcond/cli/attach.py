@@ -12,7 +12,7 @@ import click
 from pydantic import ValidationError
 
 from flowcond.caglow.config import AttachConfig, Lambdas
-from flowcond.cli.options import model_option, weights_help
+from flowcond.cli.options import device_option, model_option, weights_help
 from flowcond.errors import ConfigError, validation_message
 from flowcond.io.outputs import Output, check_cache_dir, check_outputs, checkpoint_path, require_suffix
 
@@ -64,9 +64,17 @@ def plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
     show_default=False,
     help="Architecture of the supervision block [default: the value of --encoder].",
 )
-@click.option("--lambda", "lambdas", multiple=True, help=weights_help(Lambdas, "Loss weight"))
+@click.option(
+    "--lambda",
+    "lambdas",
+    multiple=True,
+    help=weights_help(Lambdas, "Loss weight")
+    + " C.KIND or De.KIND weighs one condition's loss inside C or De (e.g. C.continuous=2; default: "
+    "the plugin's loss_weight, 1 unless it declares one).",
+)
 @model_option(AttachConfig, "seed")
 @model_option(AttachConfig, "threads", help="torch CPU threads for the training loop.")
+@device_option(help="Where the backbone encodes the dataset: auto (cuda if available), cpu, cuda, cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue from OUT's checkpoint.")
 @model_option(AttachConfig, "cache_dir")
 @click.option(
@@ -80,7 +88,7 @@ def plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def attach_cmd(
-    ctx, backbone, plugin_names, options, lambdas, resume, out, force, quiet, supervision, **values
+    ctx, backbone, plugin_names, options, lambdas, resume, out, force, quiet, supervision, device, **values
 ):
     """Train condition heads (E + supervision block) on a frozen backbone (CAGlow stage 2)."""
     if ctx.get_parameter_source("supervision") in (None, click.core.ParameterSource.DEFAULT):
@@ -98,7 +106,7 @@ def attach_cmd(
     check_attach_outputs(backbone, out, config.cache_dir, force)
     from flowcond.caglow.attach import attach
 
-    _, summary = attach(backbone, config, out, resume=resume, progress=not quiet)
+    _, summary = attach(backbone, config, out, resume=resume, progress=not quiet, device=device)
     click.echo(
         f"wrote {out} in {summary['total_seconds']:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from flowcond.cli.options import model_option, options
+from flowcond.cli.options import device_option, model_option, options
 from flowcond.errors import ConfigError, validation_message
 from flowcond.flow.config import BackboneConfig, TrainConfig
 from flowcond.io.outputs import Output, check_outputs, checkpoint_path, require_suffix
@@ -53,6 +53,12 @@ _train_options = options(
     model_option(
         TrainConfig, "fast", help="Channels-last fast path (same model and file; --no-fast: plain normflows)."
     ),
+    device_option(),
+    model_option(
+        TrainConfig,
+        "precision",
+        help="bf16: autocast the coupling networks (log-dets, prior, bits/dim stay fp32); for GPUs.",
+    ),
 )
 
 
@@ -79,9 +85,11 @@ _train_options = options(
 def train_backbone_cmd(dataset, root, download, samples, out, force, quiet, compile_, **values):
     """Train a multi-scale Glow backbone by maximum likelihood (stage 1)."""
     from flowcond.datasets import load_dataset
+    from flowcond.distributed import is_main, resolve_device
     from flowcond.flow.train import save_sample_grid, train_backbone
 
     png = check_backbone_outputs(out, samples, force)
+    resolve_device(values["device"])  # a GPU asked for and missing: before the data is loaded
     shape = load_dataset(dataset, "train", root=root, download=download).image_shape
     backbone_fields = set(BackboneConfig.model_fields)
     try:
@@ -103,6 +111,8 @@ def train_backbone_cmd(dataset, root, download, samples, out, force, quiet, comp
     except ValidationError as e:
         raise ConfigError(f"invalid configuration: {validation_message(e)}") from None
     model, summary = train_backbone(bcfg, tcfg)
+    if not is_main():  # under torchrun, rank 0 alone writes
+        return
     save_sample_grid(model, png)
     n_bad = summary["test_images_worse_than_uniform"]
     median = (
@@ -142,14 +152,15 @@ def check_backbone_outputs(out: str, samples: str | None, force: bool) -> Path:
 @click.command("info")
 @click.argument("path", type=click.Path())
 def info_cmd(path):
-    """Show a flowcond file's header (config, hashes, dataset, bits/dim) as JSON."""
-    from flowcond.flow.header import check_backbone_header
+    """Show a flowcond file's header (config, hashes, provenance, dataset, bits/dim) as JSON."""
+    from flowcond.flow.header import check_backbone_header, describe_provenance
     from flowcond.io.safefile import read_header
 
     header = read_header(path)
     if header.get("kind") == "backbone":
         check_backbone_header(path, header)  # validates the config too
         header.pop("history", None)
+        header["provenance"] = describe_provenance(header)  # older files: derived
     click.echo(json.dumps(header, indent=2))
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from flowcond.cli.options import options
+from flowcond.cli.options import current_device, device_option, options
 from flowcond.errors import ConfigError
 from flowcond.flow.config import MAX_TEMPERATURE, SEED_MAX, check_temperature
 from flowcond.io.outputs import Output, check_outputs, require_suffix
@@ -28,9 +28,14 @@ if TYPE_CHECKING:
 
 
 def _load(heads_path: str, backbone: str | None) -> Heads:
+    """The heads, their backbone on ``--device`` (the heads, small networks, stay on the CPU)."""
     from flowcond.caglow.heads import Heads
+    from flowcond.distributed import resolve_device
 
-    return Heads.load(heads_path, backbone)
+    device = resolve_device(current_device())  # a GPU asked for and missing: before any loading
+    heads = Heads.load(heads_path, backbone)
+    heads.backbone.to(device)
+    return heads
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -103,6 +108,18 @@ _common = options(
         help="Backbone file [default: the one recorded in the heads file].",
     ),
     click.option("--force", is_flag=True, help="Replace an existing file of another type at --out."),
+    click.option(
+        "--prior",
+        type=click.Choice(["joint", "independent"]),
+        default="joint",
+        show_default=True,
+        help="Conditions not given: drawn from training images matching the given ones (joint), "
+        "or each from its own prior (independent).",
+    ),
+    device_option(
+        expose_value=False,
+        help="Where the backbone decodes: auto (cuda if available, else cpu), cpu, cuda or cuda:N.",
+    ),
 )
 
 
@@ -118,7 +135,7 @@ _common = options(
 )
 @click.option("--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions).")
 @_common
-def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, force):
+def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, force, prior):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
     from flowcond.caglow import generate
     from flowcond.io.images import check_finite_images, save_grid
@@ -128,7 +145,7 @@ def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, forc
     per_row = max(1, int(math.sqrt(n)))
     _check_size(heads, n, per_row, "--n", png=path.suffix.lower() == ".png")
     given = heads.parse_conditions(list(conditions))
-    images, targets, labels = generate.sample_rows(heads, given, n, per_row, temperature, seed)
+    images, targets, labels = generate.sample_rows(heads, given, n, per_row, temperature, seed, prior)
     check_finite_images(images)
     if path.suffix.lower() == ".npz":
         arrays = {"images": images.float().numpy()}
@@ -147,7 +164,7 @@ def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, forc
 @click.option("--rows", default=4, show_default=True, type=_count, help="Noise draws (one per row).")
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed, backbone, force):
+def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed, backbone, force, prior):
     """Interpolate between two conditions with fixed noise per row (paper Fig. 5)."""
     import torch
 
@@ -165,48 +182,111 @@ def interpolate_cmd(heads_path, start, end, steps, rows, out, temperature, seed,
         rows,
         temperature,
         seed,
+        prior,
     )
     cols = [f"{w:.2f}" for w in torch.linspace(0, 1, steps).tolist()]
     save_grid(images, path, nrow=steps, col_labels=cols)
     click.echo(f"wrote {path}: {' '.join(start)} -> {' '.join(end)}, {rows} rows x {steps} steps")
 
 
+def _sweep_options(conditions: tuple[str, ...], plugin: str | None) -> tuple[str | None, str, list[str]]:
+    """``explore``'s ``--condition`` values: ``KIND`` or ``KIND.COMPONENT`` (no ``=``) names the
+    condition to sweep (``--plugin KIND`` is the same), ``NAME=VALUE`` fixes one. Returns the
+    kind to sweep, the option that named it and the fixed conditions."""
+    sweep = [c for c in conditions if "=" not in c]
+    fixed = [c for c in conditions if "=" in c]
+    named = [*sweep, *([plugin] if plugin else [])]
+    if len(named) > 1:
+        raise ConfigError(f"explore sweeps one condition; got {', '.join(named)}")
+    if sweep:
+        return sweep[0].strip(), "--condition", fixed
+    return plugin, "--plugin", fixed
+
+
+def _range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected LOW,HIGH, e.g. 1.5,4", ctx=ctx, param=param) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise click.BadParameter(f"{value!r}: LOW and HIGH must be finite", ctx=ctx, param=param)
+    return low, high
+
+
 @click.command("explore")
 @click.argument("heads_path", type=click.Path())
+@click.option(
+    "--condition",
+    "conditions",
+    multiple=True,
+    help="KIND (or KIND.COMPONENT, e.g. continuous.thickness): the condition to sweep, any kind "
+    "with a value range; NAME=VALUE: a fixed condition (repeatable).",
+)
 @click.option(
     "--code",
     default=0,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Index of the unsupervised code to sweep.",
+    help="Index of the component to sweep (or name it: --condition KIND.COMPONENT).",
 )
-@click.option("--plugin", default=None, help="Code plugin [default: the first unsupervised one].")
-@click.option("--condition", "conditions", multiple=True, help="Fixed condition NAME=VALUE (repeatable).")
+@click.option(
+    "--plugin",
+    default=None,
+    help="The kind to sweep, as --condition KIND [default: the first unsupervised one].",
+)
+@click.option(
+    "--range",
+    "value_range",
+    default=None,
+    callback=_range,
+    help="LOW,HIGH to sweep instead of the kind's value range (checked by the kind, like --condition).",
+)
 @click.option("--steps", default=9, show_default=True, type=_count)
 @click.option("--rows", default=4, show_default=True, type=_count)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperature, seed, backbone, force):
-    """Sweep one unsupervised code over its range, everything else fixed per row (Fig. 6, 7)."""
+def explore_cmd(
+    heads_path,
+    conditions,
+    code,
+    plugin,
+    value_range,
+    steps,
+    rows,
+    out,
+    temperature,
+    seed,
+    backbone,
+    force,
+    prior,
+):
+    """Sweep one component of a condition over its range, everything else fixed per row (Fig. 6, 7)."""
     from flowcond.caglow import generate
+    from flowcond.caglow.sweep import resolve_sweep
     from flowcond.io.images import save_grid
 
     path = _check_out(out, heads_path, backbone, force)
+    kind, option, fixed = _sweep_options(conditions, plugin)
     heads = _load(heads_path, backbone)
-    generate.sweep_plugin(heads, plugin, code)
+    sweep = resolve_sweep(heads, kind, code, value_range, option)
     _check_size(heads, rows * steps, steps, "--rows x --steps")
     images, values = generate.explore(
         heads,
-        code,
+        sweep.index,
         steps,
         rows,
-        heads.parse_conditions(list(conditions)),
-        plugin,
+        heads.parse_conditions(fixed),
+        sweep.name,
         temperature,
         seed,
+        (sweep.low, sweep.high),
+        prior,
     )
-    save_grid(images, path, nrow=steps, col_labels=[f"{v:+.2f}" for v in values])
-    click.echo(f"wrote {path}: code {code} from {values[0]:+.2f} to {values[-1]:+.2f}")
+    save_grid(images, path, nrow=steps, col_labels=[f"{sweep.label}={v:.3g}" for v in values])
+    click.echo(f"wrote {path}: {sweep.label} from {values[0]:.4g} to {values[-1]:.4g}")
 
 
 @click.command("manipulate")
@@ -216,7 +296,7 @@ def explore_cmd(heads_path, code, plugin, conditions, steps, rows, out, temperat
 @click.option("--rows", default=4, show_default=True, type=_count)
 @click.option("--out", required=True, help="Output .png.")
 @_common
-def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, backbone, force):
+def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, backbone, force, prior):
     """Apply cumulative condition edits, one column per edit (paper Fig. 4)."""
     from flowcond.caglow import generate
     from flowcond.io.images import save_grid
@@ -225,7 +305,7 @@ def manipulate_cmd(heads_path, conditions, edits, rows, out, temperature, seed, 
     heads = _load(heads_path, backbone)
     _check_size(heads, rows * (len(edits) + 1), len(edits) + 1, "--rows x edits")
     images, labels = generate.manipulate(
-        heads, heads.parse_conditions(list(conditions)), list(edits), rows, temperature, seed
+        heads, heads.parse_conditions(list(conditions)), list(edits), rows, temperature, seed, prior
     )
     save_grid(images, path, nrow=len(labels), col_labels=labels)
     click.echo(f"wrote {path}: {' | '.join(labels)}")

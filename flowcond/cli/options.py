@@ -69,6 +69,47 @@ def model_option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) 
     return click.option(*decls, default=default, **kwargs)
 
 
+DEVICE_HELP = (
+    "Where to compute: auto (cuda if available, else cpu), cpu, cuda or cuda:N; under torchrun "
+    "auto and cuda mean cuda:LOCAL_RANK."
+)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from flowcond.distributed import check_device_spec
+    from flowcond.errors import ConfigError
+
+    try:
+        return check_device_spec(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def _store_device(ctx: click.Context, param: click.Parameter, value: str) -> None:
+    ctx.meta["flowcond.device"] = _check_device(ctx, param, value)
+
+
+def device_option(default: str = "auto", help: str = DEVICE_HELP, expose_value: bool = True) -> Callable:
+    """``--device auto|cpu|cuda|cuda:N`` (checked without importing torch; resolved by
+    :func:`flowcond.distributed.resolve_device` when the command runs). ``expose_value=False``:
+    not a parameter of the command; read it with :func:`current_device`."""
+    return click.option(
+        "--device",
+        default=default,
+        show_default=True,
+        callback=_check_device if expose_value else _store_device,
+        expose_value=expose_value,
+        metavar="DEVICE",
+        help=help,
+    )
+
+
+def current_device(default: str = "auto") -> str:
+    """The ``--device`` of the running command (a :func:`device_option` with ``expose_value=False``)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("flowcond.device", default) if ctx is not None else default
+
+
 def options(*decorators: Callable) -> Callable:
     """Apply several option decorators in the order listed (first = first in ``--help``)."""
 
@@ -87,5 +128,8 @@ def weights_help(model: type[BaseModel], what: str) -> str:
     for name, info in model.model_fields.items():
         default = field_default(model, name)
         desc = f"{info.description}, " if info.description else ""
-        parts.append(f"{name} ({desc}default {default:g})" if isinstance(default, float) else name)
+        if isinstance(default, float):
+            parts.append(f"{name} ({desc}default {default:g})")
+        elif not isinstance(default, dict):  # a dict field (Lambdas.kinds) is described by the caller
+            parts.append(name)
     return f"{what} NAME=VALUE (repeatable); NAME is one of: {'; '.join(parts)}."

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from flowcond.cli.options import model_option, options
+from flowcond.cli.options import device_option, model_option, options
 from flowcond.errors import ConfigError, validation_message
 from flowcond.flow.config import TrainConfig
 from flowcond.io.outputs import Output, check_cache_dir, check_outputs, require_suffix
@@ -37,6 +37,15 @@ _EVALUATE = {
     "attach_steps": dict(help="CAGlow attach steps."),
     "threads": _threads,
     "cache_dir": dict(help="Latent cache folder."),
+    "seeds": dict(
+        type=str,
+        help="Seeds, e.g. 0,1,2: every method trained and sampled per seed, "
+        "tables with mean +- std [default: --seed alone].",
+    ),
+    "model_cache": dict(
+        type=click.Path(file_okay=False),
+        help="Folder of trained CGlow baselines, reused across runs [default: OUT/models].",
+    ),
 }
 
 
@@ -63,7 +72,7 @@ def evaluate_cmd(quiet, force, **values):
     out = values["out"]
     click.echo(f"wrote {out}/results.json and {out}/results.md in {report['wall_seconds']:.0f} s")
     for c in report["claims"]:
-        click.echo(f"  {'confirmed' if c['confirmed'] else 'refuted'}: {c['claim']} ({c['evidence']})")
+        click.echo(f"  {c['verdict']}: {c['claim']} ({c['evidence']})")
 
 
 @click.command("train-evaluator")
@@ -92,6 +101,7 @@ def evaluate_cmd(quiet, force, **values):
 @model_option(EvaluatorTrainConfig, "max_steps")
 @model_option(EvaluatorTrainConfig, "seed")
 @click.option("--threads", default=None, **_threads)
+@device_option()
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -100,10 +110,11 @@ def evaluate_cmd(quiet, force, **values):
 )
 @click.option("--force", is_flag=True, help="Replace an existing file of another kind at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_evaluator_cmd(dataset, root, download, threads, out, force, quiet, **values):
+def train_evaluator_cmd(dataset, root, download, threads, device, out, force, quiet, **values):
     """Train the evaluator classifier on real images (judges samples: Tables 1-3)."""
     path = require_suffix(out, "--out", (".safetensors",), "an evaluator file")
     check_outputs([Output(path, "--out", "evaluator")], force=force)
+    from flowcond.distributed import resolve_device
     from flowcond.paper.train_evaluator import train_evaluator
 
     evaluator, summary = train_evaluator(
@@ -113,6 +124,7 @@ def train_evaluator_cmd(dataset, root, download, threads, out, force, quiet, **v
         download=download,
         progress=not quiet,
         threads=threads,
+        device=str(resolve_device(device)),
         **values,
     )
     click.echo(

@@ -42,13 +42,19 @@ class BackboneConfig(BaseModel):
     hidden: int = Field(128, ge=1, le=16384, description="hidden channels of each coupling network")
     n_bits: int = Field(8, ge=1, le=8, description="bits per colour channel the flow models")
     coupling: Literal["affine", "additive"] = Field("affine", description="coupling layer type")
-    scale_map: Literal["softclamp", "sigmoid"] = Field(
+    scale_map: Literal["softclamp", "sigmoid", "exp"] = Field(
         "softclamp",
-        description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding) or Glow's "
-        "sigmoid(s+2) (files written before this field existed: sigmoid)",
+        description="affine coupling scale: exp(c*tanh(s/c)) (stable decoding), Glow's "
+        "sigmoid(s+2) (files written before this field existed: sigmoid) or RealNVP's exp(s) "
+        "(normflows' scale_map='exp', for imported flows)",
     )
     scale_clamp: float = Field(2.0, gt=0, description="c of the softclamp scale map")
     lu: bool = Field(True, description="LU-parametrized invertible 1x1 convolutions")
+    prior: Literal["glow", "diag"] = Field(
+        "glow",
+        description="prior of each level: Glow's per-channel Gaussian (normflows GlowBase) or a "
+        "per-dimension diagonal Gaussian (normflows DiagGaussian, for imported flows)",
+    )
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
@@ -120,4 +126,15 @@ class TrainConfig(BaseModel):
         description="channels-last fast path and malloc tuning "
         "(flowcond.flow.fast); False: normflows' own code "
         "(same model and results up to float rounding, slower)",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (cuda if available, else cpu), cpu, cuda or cuda:N; under torchrun, "
+        "auto and cuda mean cuda:LOCAL_RANK",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: autocast the coupling networks (log-determinants, prior and bits/dim "
+        "stay fp32; for GPUs with bf16: on CPU it is slower)",
     )

@@ -185,18 +185,22 @@ class FastGlow:
 
     # ---------------------------------------------------------------- entry
     def inverse_and_log_det(
-        self, y: torch.Tensor, log_det: bool = True
+        self, y: torch.Tensor, log_det: bool = True, amp: torch.dtype | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Same as ``flow.inverse_and_log_det(y)`` (``log_det`` is ``None`` when not asked for)."""
-        fused = fused_available()
+        """Same as ``flow.inverse_and_log_det(y)`` (``log_det`` is ``None`` when not asked for).
+
+        ``amp`` (e.g. ``torch.bfloat16``): the coupling networks run under autocast with it,
+        everything else in ``y``'s dtype (:mod:`flowcond.flow.precision`)."""
+        fused = fused_available() and amp is None
         if self._needs_grad(y):
-            return self._inverse(y, self._live_steps(), log_det=True, fused=fused and self.fuse_training)
+            steps = self._live_steps()
+            return self._inverse(y, steps, log_det=True, fused=fused and self.fuse_training, amp=amp)
         with torch.no_grad():
             plan = self.frozen_plan(y)
             n = self._chunk_images(y.shape[2] * y.shape[3] // 4, y.element_size())
             if len(y) <= n:
-                return self._inverse(y, plan, log_det=log_det, fused=fused)
-            parts = [self._inverse(c, plan, log_det=log_det, fused=fused) for c in y.split(n)]
+                return self._inverse(y, plan, log_det=log_det, fused=fused, amp=amp)
+            parts = [self._inverse(c, plan, log_det=log_det, fused=fused, amp=amp) for c in y.split(n)]
             levels = [torch.cat([p[0][i] for p in parts]) for i in range(len(plan))]
             ld = torch.cat([p[1] for p in parts]) if log_det else None
             return levels, ld
@@ -207,18 +211,19 @@ class FastGlow:
         hidden = max((b.conv_a.out_channels for b in self.levels[-1]), default=1)
         return max(1, CHUNK_BYTES // max(hidden * finest_pixels * element_size, 1))
 
-    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor | None:
-        """``flow.forward_and_log_det(levels)[0]``, no gradients (``None`` if they are needed)."""
+    def forward(self, levels: list[torch.Tensor], amp: torch.dtype | None = None) -> torch.Tensor | None:
+        """``flow.forward_and_log_det(levels)[0]``, no gradients (``None`` if they are needed);
+        ``amp`` as :meth:`inverse_and_log_det`."""
         if self._needs_grad(*levels):
             return None
         with torch.no_grad():
-            plan, fused = self.frozen_plan(levels[0]), fused_available()
+            plan, fused = self.frozen_plan(levels[0]), fused_available() and amp is None
             coarsest = levels[0].shape[2] * levels[0].shape[3]
             n = self._chunk_images(coarsest * 4 ** (len(levels) - 1), levels[0].element_size())
             if len(levels[0]) <= n:
-                return self._forward(levels, plan, fused)
+                return self._forward(levels, plan, fused, amp)
             chunks = zip(*(z.split(n) for z in levels), strict=True)
-            return torch.cat([self._forward(list(c), plan, fused) for c in chunks])
+            return torch.cat([self._forward(list(c), plan, fused, amp) for c in chunks])
 
     # ------------------------------------------------------------ weights
     def _live_steps(self) -> list[list[Step]]:
@@ -287,7 +292,12 @@ class FastGlow:
 
     # ---------------------------------------------------------------- run
     def _inverse(
-        self, y: torch.Tensor, plan: list[list[Step]], log_det: bool, fused: bool
+        self,
+        y: torch.Tensor,
+        plan: list[list[Step]],
+        log_det: bool,
+        fused: bool,
+        amp: torch.dtype | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         n_levels = len(plan)
         ld = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device) if log_det else None
@@ -297,7 +307,7 @@ class FastGlow:
             if i < n_levels - 1:
                 x = squeeze_nhwc(x)
             for p in reversed(plan[i]):
-                x, ld = step_inverse(x, p, ld, fused)
+                x, ld = step_inverse(x, p, ld, fused, amp)
             if i == 0:
                 z[0] = to_nchw(x)
             else:
@@ -306,12 +316,14 @@ class FastGlow:
                 x = x[..., :c]
         return z, ld
 
-    def _forward(self, levels: list[torch.Tensor], plan: list[list[Step]], fused: bool) -> torch.Tensor:
+    def _forward(
+        self, levels: list[torch.Tensor], plan: list[list[Step]], fused: bool, amp: torch.dtype | None = None
+    ) -> torch.Tensor:
         x = to_nhwc(levels[0])
         for i, steps in enumerate(plan):
             if i > 0:
                 x = torch.cat([x, to_nhwc(levels[i])], dim=-1)  # normflows Merge.forward
             for p in steps:
-                x = step_forward(x, p, fused)
+                x = step_forward(x, p, fused, amp)
             x = unsqueeze_nhwc(x)
         return to_nchw(x)

@@ -238,8 +238,15 @@ class Step:
     )
 
 
-def coupling_net(x1: torch.Tensor, p: Step, fused: bool) -> torch.Tensor:
-    """The coupling's ConvNet2d (3x3, ReLU, 1x1, ReLU, 3x3) on the first half ``x1``."""
+def coupling_net(x1: torch.Tensor, p: Step, fused: bool, amp: torch.dtype | None = None) -> torch.Tensor:
+    """The coupling's ConvNet2d (3x3, ReLU, 1x1, ReLU, 3x3) on the first half ``x1``.
+
+    ``amp``: run it under ``torch.autocast`` with that dtype (bf16), output cast back to
+    ``x1``'s dtype (see :mod:`flowcond.flow.precision`)."""
+    if amp is not None:
+        with torch.autocast(x1.device.type, dtype=amp):
+            out = coupling_net(x1, p, fused=False)
+        return out.to(x1.dtype)
     h = conv(x1, p.wa, p.ba, 1, relu=True, fused=fused)
     h = conv(h, p.wb, p.bb, 0, relu=True, fused=fused)
     if p.wc9 is not None:
@@ -248,17 +255,17 @@ def coupling_net(x1: torch.Tensor, p: Step, fused: bool) -> torch.Tensor:
 
 
 def step_inverse(
-    x: torch.Tensor, p: Step, ld: torch.Tensor | None, fused: bool
+    x: torch.Tensor, p: Step, ld: torch.Tensor | None, fused: bool, amp: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One GlowBlock, image -> latent direction: ActNorm and 1x1 conv inverse, then the coupling
-    inverse; adds the log|det| to ``ld`` unless it is ``None``."""
+    inverse; adds the log|det| to ``ld`` unless it is ``None``. ``amp`` as :func:`coupling_net`."""
     x = F.linear(x - p.lin_t, p.lin_w)
     if ld is not None:
         ld = ld + p.lin_logdet * (x.shape[1] * x.shape[2])
     c = p.half
     x1 = x[..., :c].contiguous()
     x2 = x[..., c:]
-    out = coupling_net(x1, p, fused)
+    out = coupling_net(x1, p, fused, amp)
     if p.mode == "sigmoid":  # normflows: scale = sigmoid(s + 2); z2 = (z2 - shift) * scale
         shift, raw = out[..., :c], out[..., c:] + 2.0
         x2 = (x2 - shift) * torch.sigmoid(raw)
@@ -274,12 +281,12 @@ def step_inverse(
     return torch.cat([x1, x2], dim=-1), ld
 
 
-def step_forward(x: torch.Tensor, p: Step, fused: bool) -> torch.Tensor:
+def step_forward(x: torch.Tensor, p: Step, fused: bool, amp: torch.dtype | None = None) -> torch.Tensor:
     """One GlowBlock, latent -> image direction (frozen plan only): coupling, then ActNorm and
     1x1 conv forward."""
     c = p.half
     x1 = x[..., :c].contiguous()
-    out = coupling_net(x1, p, fused)
+    out = coupling_net(x1, p, fused, amp)
     if p.mode == "sigmoid":
         x2 = x[..., c:] / torch.sigmoid(out[..., c:] + 2.0) + out[..., :c]
     elif p.mode == "softclamp":

@@ -9,9 +9,11 @@ the backbone's flow has, so that a header promising more than the file holds (``
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -44,6 +46,22 @@ class BackboneMetadata(BaseModel):
     test_images_worse_than_uniform: int | None = None
     training: dict[str, Any] | None = None
     history: list[Any] | None = None
+    provenance: Provenance | None = None
+
+
+class Provenance(BaseModel):
+    """``provenance`` of a backbone header: where the weights came from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: Literal["trained", "imported"]
+    library: str | None = None
+    library_version: str | None = None
+    date: str | None = None
+    dataset: str | None = None
+    steps: int | None = None
+    file: str | None = None
+    sha256: str | None = None
 
 
 class _Training(BaseModel):
@@ -97,6 +115,35 @@ def check_metadata(path: str | os.PathLike, header: dict[str, Any]) -> None:
         raise FileFormatError(path, f"invalid backbone header: {validation_message(e, 'training')}") from None
 
 
+def provenance(source: str, library: str, **fields: Any) -> dict[str, Any]:
+    """A ``provenance`` record: ``source`` ("trained" or "imported"), the library that made the
+    weights and its installed version, today's date (UTC) and ``fields`` (dataset, steps, file...)."""
+    try:
+        version = importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"source": source, "library": library, "library_version": version, "date": date, **fields}
+
+
+def describe_provenance(header: dict[str, Any]) -> dict[str, Any]:
+    """Where a (validated) backbone header says its weights came from. Files written before
+    ``provenance`` existed were trained here when they hold ``training`` (source
+    ``"trained here"``, with the dataset and steps), otherwise the source is ``"unknown"``."""
+    if isinstance(header.get("provenance"), dict):
+        return header["provenance"]
+    training = header.get("training")
+    if not isinstance(training, dict):
+        return {"source": "unknown"}
+    out: dict[str, Any] = {"source": "trained here", "library": "flowcond"}
+    dataset = header.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("name"):
+        out["dataset"] = dataset["name"]
+    if training.get("steps") is not None:
+        out["steps"] = training["steps"]
+    return out
+
+
 def expected_weights(config: BackboneConfig, prefix: str = "") -> dict[str, TensorSpec]:
     """Name, dtype and shape of every tensor of the flow ``Backbone(config).flow`` (its state
     dict), computed without building it. It mirrors ``flowcond.flow.backbone._build_flow`` and
@@ -136,6 +183,11 @@ def expected_weights(config: BackboneConfig, prefix: str = "") -> dict[str, Tens
             add(f"{p}{actnorm}.t", 1, c, 1, 1)
             add(f"{p}{actnorm}.data_dep_init_done")
         q = C * 2 ** (L + 1) if i == 0 else C * 2 ** (L - i)
+        if config.prior == "diag":  # DiagGaussian: one mean and log-scale per dimension
+            f = 2 ** (L if i == 0 else L - i)
+            for name in ("loc", "log_scale"):
+                add(f"q0.{i}.{name}", 1, q, config.height // f, config.width // f)
+            continue
         for name in ("loc", "loc_logs", "log_scale", "log_scale_logs"):
             add(f"q0.{i}.{name}", 1, q, 1, 1)
     return out

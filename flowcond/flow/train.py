@@ -16,7 +16,6 @@ header lists the segments run and the options each ran with).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flowcond import distributed
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig, TrainConfig
 from flowcond.flow.fast_ops import retain_freed_memory
+from flowcond.flow.header import provenance
+from flowcond.flow.loss import CompiledLoss, TrainingLoss  # noqa: F401  (CompiledLoss: benchmarks)
 from flowcond.io import safefile
 from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from flowcond.io.outputs import check_locations
@@ -47,7 +49,9 @@ from flowcond.training import (
 CHECKPOINT_KIND = "backbone-checkpoint"
 #: training options a resumed run may change: where to stop (raised only), how to run it (threads,
 #: compiled or not, fast path: the same function) and where data and output live
-MAY_CHANGE_ON_RESUME = "epochs max_steps threads root download out resume progress compile fast".split()
+MAY_CHANGE_ON_RESUME = (
+    "epochs max_steps threads root download out resume progress compile fast device precision".split()
+)
 #: training options a resumed run must share with its checkpoint (lr, warmup, decay, clip, ...)
 RESUME_CHECKS = tuple(k for k in TrainConfig.model_fields if k not in MAY_CHANGE_ON_RESUME)
 STATE_KEYS = ("epoch", "step", "skipped", "history", "train_seconds")
@@ -71,23 +75,28 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def bpd_per_image(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> torch.Tensor:
-    """Bits/dim of every image of ``ds`` with uniform dequantization noise from a fixed generator."""
+def bpd_per_image(
+    model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0, draws: int = 1
+) -> torch.Tensor:
+    """Bits/dim of every image of ``ds``: the standard figure (:meth:`Backbone.bits_per_dim`:
+    uniform dequantization, averaged over ``draws`` noise draws from a fixed generator)."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, len(ds), batch_size):
-        x = ds.images_at(slice(start, start + batch_size))
-        noise = torch.rand(x.shape, generator=g)
-        out.append(model.bits_per_dim(x.to(model.device), noise.to(model.device)).double().cpu())
+        x = ds.images_at(slice(start, start + batch_size)).to(model.device)
+        bpd = sum(model.bits_per_dim(x, torch.rand(x.shape, generator=g).to(x.device)) for _ in range(draws))
+        out.append(bpd.double().cpu() / draws)
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def mean_bits_per_dim(model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0) -> float:
-    """Mean test bits/dim with uniform dequantization noise from a fixed generator."""
-    return bpd_stats(bpd_per_image(model, ds, batch_size, seed), model.config.n_bits)["mean"]
+def mean_bits_per_dim(
+    model: Backbone, ds: ImageDataset, batch_size: int = 256, seed: int = 0, draws: int = 1
+) -> float:
+    """Mean test bits/dim (:func:`bpd_per_image`)."""
+    return bpd_stats(bpd_per_image(model, ds, batch_size, seed, draws), model.config.n_bits)["mean"]
 
 
 def bpd_stats(bpd: torch.Tensor, n_bits: int) -> dict[str, float | int]:
@@ -192,8 +201,14 @@ def train_step(
 
 
 def train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, dict[str, Any]]:
-    """Train a backbone; returns the frozen model and a summary (also stored in its file header)."""
-    with torch_threads(cfg.threads):
+    """Train a backbone; returns the frozen model and a summary (also stored in its file header).
+
+    Under torchrun (``torchrun --nproc-per-node N -m flowcond train-backbone ...``) every process
+    runs this: each takes every N-th image of each global batch of ``batch_size`` (the same
+    batches and dequantization noise as one process), DDP averages the gradients, and rank 0
+    alone writes the checkpoint and the backbone (:mod:`flowcond.flow.loss`).
+    """
+    with torch_threads(cfg.threads), distributed.session(cfg.device):
         return _train_backbone(bcfg, cfg)
 
 
@@ -206,11 +221,13 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             f"dataset {cfg.dataset!r} has images {tuple(train.image_shape)}, the backbone config "
             f"expects {bcfg.image_shape}"
         )
-    if cfg.fast:
+    world = distributed.world()
+    if cfg.fast and world.device.type == "cpu":
         retain_freed_memory()  # fewer page faults: see flowcond.flow.fast_ops.retain_freed_memory
     torch.manual_seed(cfg.seed)
     model = Backbone(bcfg)
     model.fast = cfg.fast
+    model.to(world.device)
     opt = _make_optimizer(model, cfg)
     ckpt = checkpoint_path(cfg.out)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -222,11 +239,15 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
     else:
         g0 = torch.Generator().manual_seed(cfg.seed)
         first = torch.randperm(len(train), generator=g0)[: max(cfg.batch_size, 256)]
-        model.initialize(train.images_at(first))
+        # ActNorm's data-dependent init: every rank sees the same seeded batch, then takes
+        # rank 0's result (identical on CPU; GPU kernels may differ in the last bits)
+        model.initialize(train.images_at(first).to(world.device))
+        distributed.broadcast_module(model)
     segment = {"from": state["step"], "to": state["step"], "epochs": cfg.epochs, "max_steps": cfg.max_steps}
     state["segments"].append(segment)
 
-    loss_fn = CompiledLoss(model) if cfg.compile else None
+    loss_fn = TrainingLoss(model, cfg.precision, cfg.compile, world)
+    show = cfg.progress and world.is_main
     clock = Stopwatch(state["train_seconds"])
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):
@@ -240,14 +261,16 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             g, pos, skipped = partial["rng"], partial["position"], partial["skipped"]
             (loss_sum, loss_n), partial = partial["losses"], None
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
-        bar = progress_bar(steps_per_epoch, desc, cfg.progress, initial=pos // cfg.batch_size, leave=False)
+        bar = progress_bar(steps_per_epoch, desc, show, initial=pos // cfg.batch_size, leave=False)
         budget = SkipBudget(steps_per_epoch // 2, lambda n, e=epoch: _diverged(e, n, ckpt), skipped=skipped)
         while pos < len(order):
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
-            x = train.images_at(order[pos : pos + cfg.batch_size])
+            batch = order[pos : pos + cfg.batch_size]
             pos += cfg.batch_size
-            noise = torch.rand(x.shape, generator=g)
+            noise = torch.rand((len(batch), *train.image_shape), generator=g)  # the global batch's
+            mine = world.shard(len(batch))  # this rank's images (all of them in one process)
+            x, noise = train.images_at(batch[mine]), noise[mine]
             lr = learning_rate(cfg, state["step"], steps_per_epoch)
             loss = train_step(model, opt, x.to(model.device), noise.to(model.device), lr, cfg.clip, loss_fn)
             bar.update()
@@ -278,25 +301,28 @@ def _train_backbone(bcfg: BackboneConfig, cfg: TrainConfig) -> tuple[Backbone, d
             state["partial"] = {"position": pos, "losses": [loss_sum, loss_n], "skipped": budget.skipped}
         state["history"].append(entry)
         part = "" if complete else f" ({pos // cfg.batch_size}/{steps_per_epoch} batches, --max-steps)"
-        tqdm.write(
-            f"epoch {epoch + 1}{part}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
-            + _outliers(stats)
-            + (f", {budget.skipped} non-finite batches skipped" if budget.skipped else "")
-        )
-        save_checkpoint(
-            ckpt,
-            CHECKPOINT_KIND,
-            {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump(), "data": data},
-            modules={"model": model.flow},
-            optimizers={"optim": opt},
-            generators=None if complete else {"data_rng": g},
-        )
+        if world.is_main:  # rank 0 alone reports and writes (atomically)
+            tqdm.write(
+                f"epoch {epoch + 1}{part}: train {train_bpd:.4f} bits/dim, test {stats['mean']:.4f} bits/dim"
+                + _outliers(stats)
+                + (f", {budget.skipped} non-finite batches skipped" if budget.skipped else "")
+            )
+            save_checkpoint(
+                ckpt,
+                CHECKPOINT_KIND,
+                {**state, "train_config": cfg.model_dump(), "config": bcfg.model_dump(), "data": data},
+                modules={"model": model.flow},
+                optimizers={"optim": opt},
+                generators=None if complete else {"data_rng": g},
+            )
         if not complete:
             break
 
     model.freeze()
-    summary = _summary(model, test, cfg, state, compiled=bool(loss_fn is not None and loss_fn.failed is None))
-    model.save(cfg.out, **summary)
+    summary = _summary(model, test, cfg, state, compiled=loss_fn.compiled)
+    if world.is_main:
+        model.save(cfg.out, **summary)
+    distributed.barrier()  # the other ranks return once the backbone is written
     return model, summary
 
 
@@ -325,50 +351,12 @@ def _summary(
             "seconds": round(state["train_seconds"], 1),
             **{k: v for k, v in cfg.model_dump().items() if k in RESUME_CHECKS and k != "dataset"},
             "compiled": compiled,
+            "precision": cfg.precision,
             "segments": [seg for seg in state["segments"] if seg["to"] > seg["from"]],
         },
         "history": state["history"],
+        "provenance": provenance("trained", "flowcond", dataset=test.spec.get("name"), steps=state["step"]),
     }
-
-
-class CompiledLoss:
-    """``torch.compile`` of the mean bits/dim of ``model``; eager from the first failure on.
-
-    Compiling happens on the first call (and once more for the smaller last batch of an epoch);
-    anything going wrong there (no C++ compiler, an unsupported torch build...) is reported once
-    and training continues with the eager loss, which computes the same function.
-    """
-
-    def __init__(self, model: Backbone) -> None:
-        self.model = model
-        self.failed: str | None = None
-        if model._fast is not None:
-            model._fast.fuse_training = False  # inductor fuses by itself
-        try:
-            self._compiled = torch.compile(self._eager)
-        except Exception as e:  # noqa: BLE001 - any failure: fall back
-            self._fail(e)
-
-    def _eager(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.model.bits_per_dim(x, noise).mean()
-
-    def _fail(self, e: Exception) -> None:
-        self.failed = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-        if self.model._fast is not None:
-            self.model._fast.fuse_training = True
-        warnings.warn(
-            f"torch.compile failed, training continues without it ({self.failed})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-    def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.failed is None:
-            try:
-                return self._compiled(x, noise)
-            except Exception as e:  # noqa: BLE001 - any failure: fall back
-                self._fail(e)
-        return self._eager(x, noise)
 
 
 def _diverged(epoch: int, skipped: int, ckpt: Path) -> str:

@@ -73,7 +73,10 @@ def grid_image(
         return img
     font = ImageFont.load_default()
     left = 8 + 6 * max(len(s) for s in row_labels) if row_labels else 0
-    top = 14 if col_labels else 0
+    col_w = img.width / len(col_labels) if col_labels else 0
+    # column labels are wrapped, never cut: "+thickness=+0.75" stays whole on narrow columns
+    col_lines = [_wrap(label, max(1, int(col_w // 6))) for label in col_labels or []]
+    top = 2 + 12 * max(len(lines) for lines in col_lines) if col_labels else 0
     out = Image.new("RGB", (img.width + left, img.height + top), "white")
     out.paste(img, (left, top))
     draw = ImageDraw.Draw(out)
@@ -81,16 +84,23 @@ def grid_image(
         row_h = img.height / len(row_labels)
         for i, label in enumerate(row_labels):
             draw.text((4, top + int(i * row_h + row_h / 2 - 5)), label, fill="black", font=font)
-    if col_labels:
-        col_w = img.width / len(col_labels)
-        for j, label in enumerate(col_labels):
-            draw.text(
-                (left + int(j * col_w) + 2, 1),
-                label[: max(1, int(col_w // 6))],
-                fill="black",
-                font=font,
-            )
+    for j, lines in enumerate(col_lines):
+        for k, line in enumerate(lines):
+            draw.text((left + int(j * col_w) + 2, 1 + 12 * k), line, fill="black", font=font)
     return out
+
+
+def _wrap(label: str, width: int) -> list[str]:
+    """``label`` in lines of at most ``width`` characters (breaking after ``,`` ``=`` ``:`` or a
+    space where it can, inside a word where it must)."""
+    lines: list[str] = []
+    rest = label
+    while len(rest) > width:
+        cut = max(rest.rfind(c, 0, width) for c in ",=: ") + 1
+        cut = cut if cut > 0 else width
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    return [*lines, rest] if rest or not lines else lines
 
 
 def save_grid(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowcond.flow.config import MAX_TEMPERATURE, SEED_MAX
 
@@ -84,6 +84,61 @@ class EvaluateConfig(BaseModel):
     alpha: float = Field(1.0, ge=-100, le=100, description="scale of the pre-stored attribute deltas")
     attr_evaluator_epochs: int = Field(5, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="seeds to train and sample every method with, e.g. 0,1,2 (tables show mean "
+        "+- std over seeds); default: --seed alone",
+    )
+    prior: Literal["joint", "independent"] = Field(
+        "joint",
+        description="attributes requested with each class: those of a random training image of "
+        "the class (joint) or drawn from their overall frequencies (independent)",
+    )
+    model_cache: str | None = Field(
+        None, description="folder of trained CGlow baselines, reused across runs; default: OUT/models"
+    )
     threads: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N: where the flows and evaluators run")
     cache_dir: str | None = None
     progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        from flowcond.distributed import check_device_spec
+        from flowcond.errors import ConfigError
+
+        try:
+            return check_device_spec(value)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("--device ")) from None
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _parse_seeds(cls, value: object) -> object:
+        """``"0,1,2"`` (the command line) -> ``[0, 1, 2]``."""
+        if isinstance(value, str):
+            try:
+                return [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"{value!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        bad = [v for v in value if not 0 <= v <= SEED_MAX]
+        if bad:
+            raise ValueError(f"seed {bad[0]} is outside [0, {SEED_MAX}]")
+        if len(set(value)) != len(value):
+            raise ValueError("a seed is listed twice")
+        return value
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of the run: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]

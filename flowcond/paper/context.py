@@ -17,8 +17,10 @@ from flowcond.datasets import ImageDataset, LabelField
 from flowcond.flow.backbone import Backbone
 from flowcond.paper import metrics
 from flowcond.paper.config import EvaluateConfig
+from flowcond.paper.coverage import CoverageReference
 from flowcond.paper.discovery import Roles
 from flowcond.paper.evaluator import Evaluator
+from flowcond.paper.sampling import balanced_indices
 from flowcond.paper.tables import attribute_metrics
 
 
@@ -69,27 +71,43 @@ class Context:
 
 @dataclass
 class Judges:
-    """The class and attribute evaluators, real test features for FID and real-data references."""
+    """The class and attribute evaluators, real test features for FID, the coverage reference and
+    the real-data reference rows. Every real set is class-balanced and random (seeded)."""
 
     classes: Evaluator
     attributes: Evaluator
     attributes_path: str
     real_feats: torch.Tensor
     reference: dict[str, Any]
+    coverage: CoverageReference
 
     @classmethod
     def build(cls, ctx: Context, attr_eval: Evaluator, attr_path: str) -> Judges:
         """Score real images: class accuracy and attribute metrics on the test set, FID of
-        ``fid_real`` train images against as many test images (whose features FID uses)."""
-        ev, cf, af = ctx.evaluator, ctx.cf.name, ctx.af.name
+        ``fid_real`` train images against as many test images (both class-balanced random
+        subsets drawn with the run's seed), and the coverage reference rows."""
+        ev, cf, af, seed = ctx.evaluator, ctx.cf.name, ctx.af.name, ctx.cfg.seed
         n = ctx.cfg.fid_real
-        real_feats = ev.features(ctx.test.images_at(slice(0, n)).float())
-        x_train = ctx.train.images_at(slice(0, n)).float()
+        test_idx = balanced_indices(ctx.test.labels[cf], n, seed)
+        train_idx = balanced_indices(ctx.train.labels[cf], n, seed + 1)
+        real_feats = ev.features(ctx.test.images_at(test_idx).float())
+        x_train = ctx.train.images_at(train_idx).float()
         x_test = ctx.test.all_images()
         labels = ctx.test.labels
+        per_class = balanced_indices(ctx.train.labels[cf], ctx.K * ctx.cfg.samples_per_class, seed + 2)
+        coverage = CoverageReference.build(
+            ev,
+            x_test,
+            labels[cf],
+            ctx.train.all_images(),
+            ctx.train.images_at(per_class),
+            ctx.train.labels[cf][per_class],
+            ctx.K,
+        )
         reference = {
             "class_accuracy_real_test": metrics.accuracy(ev.predict(x_test), labels[cf]),
             "fid_real_train_vs_test": metrics.frechet_distance(ev.features(x_train), real_feats),
+            "coverage_real": coverage.real_row,
             **{
                 f"{k}_real_test": v
                 for k, v in attribute_metrics(
@@ -97,4 +115,4 @@ class Judges:
                 ).items()
             },
         }
-        return cls(ev, attr_eval, attr_path, real_feats, reference)
+        return cls(ev, attr_eval, attr_path, real_feats, reference, coverage)

@@ -100,7 +100,8 @@ class CGlowGenerator(Generator):
 
     @torch.no_grad()
     def latents(self, w: torch.Tensor, v: torch.Tensor, noise: Noise) -> torch.Tensor:
-        return self.model.latents(torch.cat([w, v.float()], 1), noise[0])
+        dev = self.model.backbone.device  # CGlow may have trained on a GPU; rows stay on the CPU
+        return self.model.latents(torch.cat([w, v.float()], 1).to(dev), noise[0].to(dev)).cpu()
 
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         return self.model.decode(z, batch_size)

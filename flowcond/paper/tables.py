@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,24 +16,9 @@ import torch
 from flowcond.paper import metrics
 from flowcond.paper.evaluator import Evaluator
 from flowcond.paper.generators import Generator, Noise
+from flowcond.paper.sampling import Requested, requested
 
-
-@dataclass
-class Requested:
-    """Conditions asked of every method: ``n`` images per class, attributes at their frequency."""
-
-    ids: torch.Tensor  #: (N,) class of each image
-    w: torch.Tensor  #: (N, K) one-hot class weights
-    attrs: torch.Tensor  #: (N, A) 0/1 attributes
-    per_class: int  #: images per class (``ids`` is ``arange(K)`` each repeated ``per_class`` times)
-
-
-def requested(n_classes: int, per_class: int, frequencies: torch.Tensor, seed: int) -> Requested:
-    """``per_class`` images per class, attributes drawn from their dataset ``frequencies`` (A,)."""
-    g = torch.Generator().manual_seed(seed + 1000)
-    ids = torch.arange(n_classes).repeat_interleave(per_class)
-    attrs = torch.bernoulli(frequencies.expand(len(ids), -1), generator=g)
-    return Requested(ids, torch.eye(n_classes)[ids], attrs, per_class)
+__all__ = ["Requested", "attribute_metrics", "edit_metrics", "edit_states", "requested", "table_metrics"]
 
 
 def table_metrics(

@@ -9,7 +9,7 @@ loaded on its own: one that fails to import (``SystemExit`` included), takes lon
 ``--plugins-dir`` folders load whatever it says. Historic hooks (``register_commands``) are called
 with :meth:`PluginRegistry.call_historic`: as with pluggy's, plugins registered later get the call
 too, but each plugin is called on its own, and may not replace a command it did not add
-(:mod:`flowcond.registry.guards` reads the switches and holds these guards).
+(:mod:`flowcond.registry.guards`). Kinds and datasets are ``provider:name`` (:mod:`.names`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from flowcond import hookspecs
 from flowcond.errors import LoadError, PluginError, exception_line
 from flowcond.registry import guards
 from flowcond.registry.guards import PluginTimeout, time_limit
-from flowcond.registry.items import Registered, Snapshot, condition_register, dataset_register, unique
+from flowcond.registry.items import Registered, Snapshot, condition_register, dataset_register
+from flowcond.registry.names import Names
 
 GROUP = "flowcond"
 #: distribution whose entry points are the built-in plugins
@@ -203,7 +204,7 @@ class PluginRegistry:
             except BaseException as e:
                 sys.modules.pop(modname, None)
                 self._dir_files.pop(resolved, None)
-                self._failed(str(file), None, e)
+                self._failed(name, None, e)
                 continue
             names.append(name)
         return names
@@ -308,13 +309,15 @@ class PluginRegistry:
         self, hook_name: str, make_register: Callable[[list, str], Callable]
     ) -> list[Registered]:
         """Call ``hook_name(register=...)`` on each plugin; everything registered, duplicates
-        included. A plugin whose hook raises contributes nothing (its error is recorded)."""
+        included, each with its provider (distribution and version). A plugin whose hook raises
+        contributes nothing (its error is recorded)."""
         self.load_entry_points()
         timeout = guards.plugin_timeout()[0]
         items: list[Registered] = []
         for impl in self._impls(hook_name):
             before = len(items)
             register = make_register(items, impl.plugin_name)
+            dist = self.distribution_of(impl.plugin)
             try:
                 with time_limit(timeout, hook_name):
                     impl.function(**{k: register for k in impl.argnames})
@@ -322,54 +325,53 @@ class PluginRegistry:
                 raise
             except BaseException as e:
                 del items[before:]
-                self._failed(impl.plugin_name, self.distribution_of(impl.plugin), e, hook_name)
+                self._failed(impl.plugin_name, dist, e, hook_name)
+            for item in items[before:]:
+                item.distribution, item.version = dist, self.plugin_version(impl.plugin)
+                item.shadow = bool(getattr(impl.plugin, "flowcond_shadow", False))
         return items
 
+    def condition_kind_names(self) -> Names:
+        """Every registered condition kind, by plain and qualified name (:mod:`.names`)."""
+        return Names(self.registrations("register_conditions", condition_register), "condition kind")
+
+    def dataset_names(self) -> Names:
+        """Every registered dataset, by plain and qualified name (:mod:`.names`)."""
+        return Names(self.registrations("register_datasets", dataset_register), "dataset")
+
     def condition_kinds(self) -> dict[str, Registered]:
-        """Every registered condition kind by name (``Registered.obj``: the ConditionKind class);
-        PluginError naming both plugins if two register the same name."""
-        items = self.registrations("register_conditions", condition_register)
-        return unique("register_conditions", items, "condition kind")
+        """Condition kinds by plain name (``Registered.obj``: the ConditionKind class); a name
+        two plugins register is left out (see :meth:`find_condition_kind`)."""
+        return self.condition_kind_names().plain()
 
     def datasets(self) -> dict[str, Registered]:
-        """Every registered dataset loader, by name (``Registered.obj`` is the loader callable)."""
-        return unique(
-            "register_datasets", self.registrations("register_datasets", dataset_register), "dataset"
-        )
+        """Dataset loaders by plain name (``Registered.obj``: the loader); ambiguous ones left out."""
+        return self.dataset_names().plain()
+
+    def find_condition_kind(self, name: str) -> Registered:
+        """The registration of kind ``name`` (plain, or qualified ``provider:kind``); one-line
+        PluginError if ambiguous (naming both providers) or unknown (listing the installed)."""
+        kinds = self.condition_kind_names()
+        found = kinds.find(name)
+        if found is None:
+            raise PluginError(
+                f"unknown condition plugin {name!r}; installed: {kinds.listing()} (see `flowcond plugins`)"
+            )
+        return found
 
     def get_condition_kind(self, name: str) -> type:
-        """The ConditionKind class registered as ``name``; PluginError listing the installed ones."""
-        kinds = self.condition_kinds()
-        if name not in kinds:
-            known = ", ".join(sorted(kinds)) or "none"
-            raise PluginError(
-                f"unknown condition plugin {name!r}; installed: {known} (see `flowcond plugins`)"
-            )
-        return kinds[name].obj
+        """The ConditionKind class registered as ``name`` (see :meth:`find_condition_kind`)."""
+        return self.find_condition_kind(name).obj
 
     def describe_plugins(self, include_builtins: bool = False) -> list[dict[str, Any]]:
-        """What ``flowcond plugins`` prints: each plugin's name, distribution, version, hooks and
-        the condition kinds and datasets it registers."""
-        self.load_entry_points()
-        kinds = self.registrations("register_conditions", condition_register)
-        sets = self.registrations("register_datasets", dataset_register)
-        out = []
-        for name, plugin in self.pm.list_name_plugin():
-            if plugin is None or (self.is_builtin(plugin) and not include_builtins):
-                continue
-            entry: dict[str, Any] = {
-                "name": name,
-                "distribution": self.distribution_of(plugin),
-                "version": self.plugin_version(plugin),
-                "module": getattr(plugin, "__name__", type(plugin).__name__),
-                "hooks": sorted(hc.name for hc in (self.pm.get_hookcallers(plugin) or [])),
-                "conditions": [k.name for k in kinds if k.plugin == name],
-                "datasets": [d.name for d in sets if d.plugin == name],
-            }
-            if name in self._dir_files.values():
-                entry["path"] = getattr(plugin, "__file__", None)
-            out.append(entry)
-        return sorted(out, key=lambda e: e["name"])
+        """What ``flowcond plugins`` prints (:func:`flowcond.registry.describe.describe_plugins`)."""
+        from flowcond.registry.describe import describe_plugins
+
+        return describe_plugins(self, include_builtins)
+
+    def plugin_file(self, name: str) -> bool:
+        """Whether the plugin ``name`` was loaded from a ``--plugins-dir`` file."""
+        return name in self._dir_files.values()
 
 
 # ------------------------------------------------------- the default registry
@@ -389,5 +391,8 @@ is_builtin = default.is_builtin
 registrations = default.registrations
 condition_kinds = default.condition_kinds
 datasets = default.datasets
+condition_kind_names = default.condition_kind_names
+dataset_names = default.dataset_names
+find_condition_kind = default.find_condition_kind
 get_condition_kind = default.get_condition_kind
 describe_plugins = default.describe_plugins

@@ -72,8 +72,9 @@ def load_selection() -> dict[str, str] | None:
 
 
 def selected(selection: dict[str, str] | None, plugin: str, dist: str | None) -> bool:
-    """Whether ``FLOWCOND_LOAD_PLUGINS`` (:func:`load_selection`) selects an entry point."""
-    names = {normalize(plugin)} | ({normalize(dist)} if dist else set())
+    """Whether ``FLOWCOND_LOAD_PLUGINS`` (:func:`load_selection`) selects an entry point: by
+    its name, its distribution's, or ``distribution:name``."""
+    names = {normalize(plugin)} | ({normalize(dist), normalize(f"{dist}:{plugin}")} if dist else set())
     return selection is None or bool(names & selection.keys())
 
 
@@ -86,6 +87,7 @@ def unknown_selection(selection: dict[str, str], plugins: list[str], dists: list
     """The warning for names in ``FLOWCOND_LOAD_PLUGINS`` that are neither an installed plugin
     (entry point) nor a distribution providing one; None if every name is known."""
     known = {normalize(n) for n in plugins + dists}
+    known |= {f"{normalize(d)}:{normalize(p)}" for d in dists for p in plugins}  # dist:entry point
     unknown = [written for norm, written in selection.items() if norm not in known]
     if not unknown:
         return None

@@ -10,12 +10,16 @@ from typing import Any
 
 from flowcond.conditions import check_kind
 from flowcond.datasets import check_loader
-from flowcond.errors import LoadError, PluginError
+from flowcond.errors import LoadError
 
 
 @dataclass
 class Registered:
-    """Something a plugin registered: its name, the object, and which plugin registered it."""
+    """Something a plugin registered: its name, the object, and which plugin registered it.
+
+    Its identity is ``provider:name`` (:attr:`qualified`): ``provider`` is the distribution of
+    an installed plugin (``flowcond``, ``flowcond-parity``), else the plugin's own name (a
+    ``--plugins-dir`` file ``folder/stem``, a plugin registered in a test)."""
 
     name: str
     obj: Any
@@ -24,6 +28,22 @@ class Registered:
     #: for datasets: the registered dataset whose images this one shares, adding labels
     #: (``register("mnist5k-morpho", loader, "...", extends="mnist5k")``)
     extends: str | None = None
+    #: the installed distribution of the registering plugin (None: a folder or test plugin)
+    distribution: str | None = None
+    #: that distribution's version, else the plugin module's ``__version__``
+    version: str | None = None
+    #: registered for one test with ``shadow=True``: keeps the plain name over installed ones
+    shadow: bool = False
+
+    @property
+    def provider(self) -> str:
+        """The distribution providing it, else the registering plugin's name."""
+        return self.distribution or self.plugin
+
+    @property
+    def qualified(self) -> str:
+        """``provider:name``, e.g. ``flowcond:ids``: always names this registration alone."""
+        return f"{self.provider}:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -36,19 +56,6 @@ class Snapshot:
     dir_files: dict[str, str]
     load_errors: tuple[LoadError, ...]
     history: tuple[tuple[str, dict[str, Any]], ...]
-
-
-def unique(hook_name: str, items: list[Registered], what: str) -> dict[str, Registered]:
-    out: dict[str, Registered] = {}
-    for item in items:
-        if item.name in out:
-            raise PluginError(
-                f"{what} {item.name!r} is registered twice, by plugin {out[item.name].plugin!r} "
-                f"and by plugin {item.plugin!r} ({hook_name}); uninstall one, or choose plugins "
-                f"with FLOWCOND_LOAD_PLUGINS"
-            )
-        out[item.name] = item
-    return out
 
 
 def condition_register(items: list, plugin: str) -> Callable:

@@ -341,7 +341,7 @@ def test_resume_refuses_another_plugin_version_or_dataset(backbone_file, tmp_pat
 
     out = _checkpointed(backbone_file, tmp_path)
     with monkeypatch.context() as m:
-        m.setattr(registry, "plugin_version", lambda mod: "9.9.9")
+        m.setattr(registry.default, "plugin_version", lambda mod: "9.9.9")
         with pytest.raises(
             ConfigError, match=r"written for plugins ids\.version=.* \(now ids\.version='9\.9\.9'"
         ):

@@ -12,7 +12,7 @@ from flowcond_plugins.ids import Ids
 from torch import nn
 
 from flowcond.conditions import ConditionKind, label_field
-from flowcond.datasets import load_dataset
+from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError
 from flowcond.registry import get_condition_kind
 
@@ -225,15 +225,27 @@ def test_codes_default_parse_edit_and_errors():
 def test_label_field_helper(tiny_dataset):
     assert label_field("x", tiny_dataset, "categorical").name == "digit"
     assert label_field("x", tiny_dataset, "binary", "attributes").size == 3
+    assert label_field("x", tiny_dataset, "continuous").name == "measures"
+    digits_only = ImageDataset(
+        tiny_dataset.images,
+        {"digit": tiny_dataset.labels["digit"]},
+        [tiny_dataset.schema["digit"]],
+        {"name": "tiny"},
+    )
     with pytest.raises(
         ConfigError, match=r"plugin 'x' needs a continuous label field; dataset 'tiny' has: digit"
     ):
-        label_field("x", tiny_dataset, "continuous")
+        label_field("x", digits_only, "continuous")
 
 
 def test_every_kind_usable_with_mnist5k_or_binary_dataset(mnist5k, tiny_dataset):
     """Each built-in kind through the registry, on the dataset it fits."""
-    for name, ds in (("ids", mnist5k), ("attributes", tiny_dataset), ("codes", mnist5k)):
+    for name, ds in (
+        ("ids", mnist5k),
+        ("attributes", tiny_dataset),
+        ("codes", mnist5k),
+        ("continuous", tiny_dataset),
+    ):
         kind = get_condition_kind(name).from_dataset({}, ds)
         _, labels = ds[0]
         batch = {k: v.unsqueeze(0) for k, v in labels.items()}

@@ -20,11 +20,14 @@ LAYERS = {
     "io": 1,
     "registry": 2,
     "conditions": 2,
+    "contract": 2,
     "datasets": 2,
     "training": 3,
+    "distributed": 3,
     "flow": 4,
     "caglow": 5,
     "paper": 6,
+    "demo": 7,
     "cli": 7,
     "testing": 7,
     "__init__": 8,
@@ -152,3 +155,13 @@ def test_the_layout_checks_read_the_real_import_graph():
     graph = _graph()
     assert sum(len(v) for v in graph.values()) > 50
     assert "flowcond.flow.backbone" in graph["flowcond.caglow.heads"]
+
+
+def test_pyproject_lists_every_package() -> None:
+    """A non-editable ``pip install .`` ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(path.parent.relative_to(ROOT).parts) for path in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set(), "packages missing from pyproject.toml [tool.setuptools]"
+    assert listed - folders == {"flowcond_plugins"}

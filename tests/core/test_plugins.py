@@ -23,7 +23,7 @@ from flowcond.errors import PluginError
 from flowcond.testing import PluginSandbox, make_distribution
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILTIN_KINDS = {"ids", "attributes", "codes"}
+BUILTIN_KINDS = {"ids", "attributes", "codes", "continuous"}
 
 KIND_SOURCE = """
 from flowcond import hookimpl
@@ -143,7 +143,7 @@ def test_strict_mode_reraises_hook_errors(flowcond_plugins, monkeypatch):
         ("ids,codes", {"ids", "codes"}),
         (" ids ", {"ids"}),
         ("", set()),
-        ("flowcond", {"ids", "attributes", "codes", "datasets", "morpho"}),
+        ("flowcond", {"ids", "attributes", "codes", "continuous", "datasets", "morpho"}),
     ],
 )
 def test_load_plugins_env_limits_what_loads(flowcond_plugins, monkeypatch, value, expected):
@@ -157,12 +157,16 @@ def test_duplicate_condition_names_name_both_plugins(flowcond_plugins, flowcond_
     class OtherIds(Codes):
         name = "ids"
 
-    flowcond_register(OtherIds, name="my-ids")
+    flowcond_register(OtherIds, name="my-ids", shadow=False)
+    assert "ids" not in flowcond_plugins.condition_kinds() and "codes" in flowcond_plugins.condition_kinds()
     with pytest.raises(
         PluginError,
-        match=r"condition kind 'ids' is registered twice, by plugin 'ids' and by plugin 'my-ids'",
+        match=r"condition kind 'ids' is registered by plugin 'ids' of distribution flowcond .* and "
+        r"plugin 'my-ids'; choose one by its qualified name flowcond:ids or my-ids:ids",
     ):
-        flowcond_plugins.condition_kinds()
+        registry.get_condition_kind("ids")
+    assert registry.get_condition_kind("my-ids:ids") is OtherIds
+    assert registry.get_condition_kind("flowcond:ids").__module__ == "flowcond_plugins.ids"
     result = flowcond_cli("plugins")  # still lists, so the user can find the culprit
     assert result.exit_code == 0 and "my-ids" in result.stdout
 
@@ -176,9 +180,11 @@ def test_duplicate_dataset_names(flowcond_plugins):
     flowcond_plugins.register(Dup(), "dup")
     with pytest.raises(
         PluginError,
-        match=r"dataset 'mnist5k' is registered twice, by plugin 'datasets' and by plugin 'dup'",
+        match=r"dataset 'mnist5k' is registered by plugin 'datasets' of distribution flowcond .* "
+        r"and plugin 'dup'; choose one by its qualified name dup:mnist5k or flowcond:mnist5k",
     ):
         load_dataset("mnist5k")
+    assert load_dataset("flowcond:mnist5k", "test").provider["distribution"] == "flowcond"
 
 
 def test_invalid_registrations_are_reported(flowcond_plugins):
@@ -294,7 +300,7 @@ def test_plugins_dir(flowcond_plugins, flowcond_cli, tmp_path):
         listed["name"] == "myplugins/wavy" and listed["version"] == "1.2" and listed["distribution"] is None
     )
     assert listed["conditions"] == ["wavy"] and listed["path"] == str(folder / "wavy.py")
-    assert "broken.py' failed: RuntimeError: broken local plugin" in result.stderr
+    assert "plugin 'myplugins/broken' failed: RuntimeError: broken local plugin" in result.stderr
     assert "wavy" in flowcond_plugins.condition_kinds()
     again = flowcond_cli("--plugins-dir", str(folder), "wave")  # loading twice is harmless
     assert again.exit_code == 0 and again.stdout == "~~~\n"

@@ -165,8 +165,11 @@ def _help(flowcond_cli, command: str) -> str:
 def test_lambda_help_lists_every_loss_weight(flowcond_cli):
     text = _help(flowcond_cli, "attach")
     for name, field in Lambdas.model_fields.items():
+        if name == "kinds":  # the per-kind weights, C.KIND=W / De.KIND=W
+            continue
         assert f"{name} ({field.description}, default {field.default:g})" in text, name
     assert "MM (" in text
+    assert "C.KIND or De.KIND weighs one condition" in text
 
 
 def test_option_defaults_come_from_the_models(flowcond_cli):
@@ -205,7 +208,7 @@ def test_supervision_option(flowcond_cli, monkeypatch, args, encoder, supervisio
 
     seen = {}
 
-    def fake_attach(backbone, config, out, resume=False, progress=True):
+    def fake_attach(backbone, config, out, resume=False, progress=True, device=None):
         seen["config"] = config
         return None, {"total_seconds": 0.0, "encode_seconds": 0.0, "metrics": {"acc": 1}}
 

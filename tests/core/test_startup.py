@@ -63,13 +63,16 @@ COMMANDS = {
         f"{cmd} --help": [cmd, "--help"]
         for cmd in (
             "train-backbone",
+            "import-backbone",
             "attach",
             "sample",
             "interpolate",
             "explore",
             "manipulate",
+            "datasets",
             "evaluate",
             "train-evaluator",
+            "demo",
         )
     },
 }

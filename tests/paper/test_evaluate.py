@@ -23,6 +23,7 @@ from flowcond.paper.evaluator import Evaluator
 from flowcond.paper.generators import METHODS, CAGlowGenerator, CGlowGenerator, PreStoredGenerator
 from flowcond.paper.report import claims, markdown
 from flowcond.paper.run import EvaluateConfig
+from flowcond.paper.seeds import aggregate
 from flowcond.paper.tables import attribute_metrics, edit_metrics, requested, table_metrics
 from flowcond.testing import tiny_image_dataset
 
@@ -120,48 +121,105 @@ def _results(ca_acc=0.9, cg_acc=0.8, ca_var=0.01, ca_int=(0.01, 0.02, None)):
     }
 
 
+def _seeds(*runs):
+    return aggregate(list(runs))
+
+
 def test_claims_are_confirmed_or_refuted_from_the_numbers():
-    ok = claims(_results())
-    assert [c["confirmed"] for c in ok] == [True, True, True, True]
-    bad = claims(_results(ca_acc=0.7, ca_var=0.05, ca_int=(0.01, 0.2, None)))
-    assert [c["confirmed"] for c in bad] == [False, True, False, False]
+    ok = claims(_seeds(_results()))
+    assert [c["verdict"] for c in ok] == ["confirmed"] * 4
+    bad = claims(_seeds(_results(ca_acc=0.7, ca_var=0.05, ca_int=(0.01, 0.2, None))))
+    assert [c["verdict"] for c in bad] == ["refuted", "confirmed", "refuted", "refuted"]
     assert "CAGlow 0.700 vs CGlow 0.800" in bad[0]["evidence"]
 
 
-def test_markdown_lays_out_the_three_tables():
-    res = _results()
+def test_a_difference_within_the_seed_spread_is_not_resolved():
+    # CAGlow 0.85 +- 0.071 vs CGlow 0.80 +- 0: the 0.05 difference is inside the spread
+    noisy = claims(_seeds(_results(ca_acc=0.8), _results(ca_acc=0.9)))
+    assert noisy[0]["verdict"] == "not resolved" and noisy[0]["confirmed"] is False
+    assert "CAGlow 0.850 ± 0.071 vs CGlow 0.800 ± 0.000" in noisy[0]["evidence"]
+    # the same mean with a small spread resolves
+    tight = claims(_seeds(_results(ca_acc=0.84), _results(ca_acc=0.86)))
+    assert tight[0]["verdict"] == "confirmed"
+    # one comparison refuted beyond the spread refutes "lowest AMP variance"
+    assert claims(_seeds(_results(ca_var=0.025), _results(ca_var=0.025)))[2]["verdict"] == "refuted"
+
+
+def test_aggregate_gives_mean_and_sample_std_per_number():
+    agg = aggregate([{"a": 1.0, "b": [1.0, None], "s": "x"}, {"a": 3.0, "b": [3.0, None], "s": "x"}])
+    assert agg["a"]["mean"] == 2.0 and agg["a"]["std"] == pytest.approx(math.sqrt(2))
+    assert agg["b"][0]["mean"] == 2.0 and agg["s"] == "x"
+    assert agg["b"][1] is None
+
+
+def test_markdown_lays_out_the_tables_with_error_bars():
+    runs = [_results(ca_acc=0.8), _results(ca_acc=0.9)]
+    cov = {
+        "precision": 0.9,
+        "recall": 0.8,
+        "density": 1.0,
+        "coverage": 0.7,
+        "diversity_pixels": 8.0,
+        "diversity_features": 3.0,
+        "nn_train_median": 6.0,
+        "copy_fraction": 0.02,
+    }
+    for r in runs:
+        for m in METHODS:
+            r[m]["coverage"] = dict(cov)
     ref = {
         "class_accuracy_real_test": 0.99,
         "fid_real_train_vs_test": 1.0,
+        "coverage_real": dict(cov),
         "attribute_accuracy_real_test": 0.9,
         "attribute_accuracy_per_real_test": {"a": 0.9},
         "amp_variance_real_test": 0.001,
         "amp_variance_per_real_test": {"a": 0.001},
     }
+    res = aggregate(runs)
     report = {
         "dataset": "d",
+        "seeds": [0, 1],
         "backbone": {"path": "bb", "content_hash": "0" * 64, "config": TINY.model_dump()},
-        "config": {"seed": 0, "temperature": 0.7, "samples_per_class": 4, "alpha": 1.0},
+        "config": {
+            "seed": 0,
+            "temperature": 0.7,
+            "samples_per_class": 4,
+            "alpha": 1.0,
+            "prior": "joint",
+            "cglow_epochs": 3,
+            "cglow_max_steps": None,
+            "attach_steps": 10,
+        },
         "machine": {"torch_threads": 1, "cpus": 2},
         "wall_seconds": 3.0,
         "attributes": {"names": ["a"]},
-        "cost": {"CGlow": {"trained": "all", "seconds": 2.0, "bits_per_dim": 3.0}},
+        "cost": aggregate([{"CGlow": {"trained": "all", "seconds": s, "bits_per_dim": 3.0}} for s in (2, 4)]),
+        "total_training_seconds": {"CGlow": 6.0, "all": 6.0},
         "results": res,
-        "reference": ref,
+        "reference": aggregate([ref, ref]),
         "claims": claims(res),
         "figures": ["fig3.png"],
     }
     lines = markdown(report).splitlines()
-    for title in ("## Table 1", "## Table 2", "## Table 3", "## Cost", "## The paper's claims"):
+    for title in (
+        "## Table 1",
+        "## Table 2",
+        "## Table 3",
+        "## Cost",
+        "## Coverage",
+        "## The paper's claims",
+    ):
         assert any(line.startswith(title) for line in lines)
-    assert "| CGlow | all | 2.0 |  | 3.0000 |" in lines
-    assert "| CAGlow | 0.900 | 10.00 |" in lines
-    assert "| real test images | 0.990 | 1.00 (train vs test) |" in lines
-    assert "| method | attribute accuracy | a | AMP variance | var a |" in lines
-    assert "| real test images | 0.900 | 0.900 | 0.0010 | 0.0010 |" in lines
+    assert "| CGlow | all | 3.0 ± 1.4 |  | 3.0000 ± 0.0000 |" in lines
+    assert "| CAGlow | 0.850 ± 0.071 | 10.00 ± 0.00 |" in lines
+    assert "| real images | 0.990 ± 0.000 | 1.00 ± 0.00 (train vs test, the floor) |" in lines
+    assert any("is below every model's FID" in line for line in lines)
+    assert "| real test images | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.0010 ± 0.0000 | 0.0010 ± 0.0000 |" in lines
+    assert any(line.startswith("| real test images | 0.900 ± 0.000 | 0.800 ± 0.000 |") for line in lines)
     # Table 3: after 1..3, step 1..3 (undefined: n/a), effect of each edit
-    assert "| CAGlow | 0.010 | 0.020 | n/a | 0.010 | 0.020 | n/a | 0.300 | 0.300 | 0.300 |" in lines
-    assert sum(line.startswith("- **confirmed**") for line in lines) == 4
+    assert any(line.startswith("| CAGlow | 0.010 ± 0.000 | 0.020 ± 0.000 | n/a |") for line in lines)
+    assert sum(line.startswith("- **not resolved**") for line in lines) == 1  # the accuracy claim
     assert "- [fig3.png](fig3.png)" in lines
 
 
@@ -298,24 +356,25 @@ class _TinyData:
         register("tinyattr", load, "random 8x8 images with digit + attributes")
 
 
-def _recomputed(out, bb_path, evaluator, train, test) -> dict[str, dict[str, float]]:
+def _recomputed(out, bb_path, evaluator, train, test, seed=0) -> dict[str, dict[str, float]]:
     """Accuracy and FID of each method, from the saved models, recomputed outside the pipeline."""
     bb = Backbone.load(bb_path)
+    (cglow_file,) = (out / "models").glob(f"cglow-seed{seed}-*.safetensors")
     gens = [
         CAGlowGenerator(
-            Heads.load(out / "caglow.heads.safetensors", bb).eval(),
+            Heads.load(out / f"seed{seed}" / "caglow.heads.safetensors", bb).eval(),
             0.7,
             Roles("ids", "attributes", "codes"),
             10,
         ),
-        CGlowGenerator(CGlow.load(out / "cglow.safetensors"), 0.7),
+        CGlowGenerator(CGlow.load(cglow_file), 0.7),
         PreStoredGenerator(bb, PreStored.load(out / "prestored.safetensors", bb), 0.7, 1.0),
     ]
-    req = requested(10, 3, train.labels["attributes"].float().mean(0), seed=0)
+    req = requested(10, 3, train.labels["digit"], train.labels["attributes"], seed=seed)
     real = evaluator.features(test.images).numpy()
     got = {}
     for gen in gens:
-        x = gen.images(req.w, req.attrs, gen.noise(30, torch.Generator().manual_seed(0)))
+        x = gen.images(req.w, req.attrs, gen.noise(30, torch.Generator().manual_seed(seed)))
         pred = evaluator.predict(x)
         got[gen.name] = {
             "accuracy": sum(int(p) == int(k) for p, k in zip(pred, req.ids, strict=True)) / 30,
@@ -337,44 +396,58 @@ def test_cli_evaluate_writes_tables_and_figures(tmp_path, flowcond_plugins, flow
     train_evaluator((train, test), out=tmp_path / "ev.safetensors", label="digit", **common)
     train_evaluator((train, test), out=tmp_path / "attr.safetensors", label="attributes", **common)
     out = tmp_path / "res"
-    r = flowcond_cli(
+    args = (
         *("evaluate", "--backbone", str(bb_path), "--evaluator", str(tmp_path / "ev.safetensors")),
         *("--attr-evaluator", str(tmp_path / "attr.safetensors"), "--out", str(out)),
-        *("--cglow-epochs", "3", "--cglow-max-steps", "2", "--attach-steps", "3"),
+        *("--cglow-epochs", "3", "--cglow-max-steps", "2", "--attach-steps", "3", "--seeds", "0,1"),
         *("--samples-per-class", "3", "--threads", "1", "--cache-dir", str(tmp_path / "cache")),
         "--quiet",
     )
+    r = flowcond_cli(*args)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "results.json").read_text())
-    assert report["dataset"] == "tinyattr"
+    assert report["dataset"] == "tinyattr" and report["seeds"] == [0, 1]
     assert report["roles"] == {"class": "ids", "attribute": "attributes", "code": "codes"}
     assert set(METHODS) <= set(report["results"]) and "Glow (prior)" in report["results"]
-    expected = _recomputed(out, bb_path, Evaluator.load(tmp_path / "ev.safetensors"), train, test)
-    for m in METHODS:
-        x = report["results"][m]
-        assert x["accuracy"] == pytest.approx(expected[m]["accuracy"], abs=1e-6)
-        assert x["fid"] == pytest.approx(expected[m]["fid"], rel=1e-4, abs=1e-6)
-        assert len(x["interference"]) == 3
-    assert report["cost"]["CGlow"]["steps"] == 2 and report["cost"]["CAGlow"]["steps"] == 3
-    res = report["results"]
-    assert report["claims"][0]["confirmed"] == (res["CAGlow"]["accuracy"] > res["CGlow"]["accuracy"])
+    ev = Evaluator.load(tmp_path / "ev.safetensors")
+    for i, seed in enumerate((0, 1)):
+        expected = _recomputed(out, bb_path, ev, train, test, seed)
+        for m in METHODS:
+            x = report["per_seed"][i]["results"][m]
+            assert x["accuracy"] == pytest.approx(expected[m]["accuracy"], abs=1e-6)
+            assert x["fid"] == pytest.approx(expected[m]["fid"], rel=1e-4, abs=1e-6)
+            assert len(x["interference"]) == 3
+            assert set(x["coverage"]) >= {"precision", "recall", "density", "coverage", "copy_fraction"}
+    for m in METHODS:  # the table holds the mean and spread of the seeds' numbers
+        acc = report["results"][m]["accuracy"]
+        values = [s["results"][m]["accuracy"] for s in report["per_seed"]]
+        assert acc["values"] == pytest.approx(values) and acc["mean"] == pytest.approx(np.mean(values))
+        assert acc["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert report["cost"]["CGlow"]["steps"]["mean"] == 2 and report["cost"]["CAGlow"]["steps"]["mean"] == 3
+    assert not any(s["cost"]["CGlow"]["reused"] for s in report["per_seed"])
     md = (out / "results.md").read_text()
-    assert "## Table 3" in md and "Glow + pre-stored" in md
+    assert "## Table 3" in md and "Glow + pre-stored" in md and "## Coverage" in md
     for f in report["figures"]:
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
     assert (
         sorted(f.split("_")[0] for f in report["figures"])
         == ["fig3"] * 3 + ["fig4"] * 3 + ["fig5"] * 3 + ["fig6"] * 4
     )
-    assert CGlow.load(out / "cglow.safetensors").cglow.n_attributes == 3
     # the printed verdicts are the claims of results.json, one line each, in order
     printed = [
-        line.strip() for line in r.output.splitlines() if line.strip().startswith(("confirmed:", "refuted:"))
+        line.strip()
+        for line in r.output.splitlines()
+        if line.strip().startswith(("confirmed:", "refuted:", "not resolved:"))
     ]
-    assert printed == [
-        f"{'confirmed' if c['confirmed'] else 'refuted'}: {c['claim']} ({c['evidence']})"
-        for c in report["claims"]
-    ]
+    assert printed == [f"{c['verdict']}: {c['claim']} ({c['evidence']})" for c in report["claims"]]
+    # a second run reuses the trained CGlow models (same options, seeds and data) and gets the
+    # same numbers
+    r = flowcond_cli(*args, "--force")
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "results.json").read_text())
+    assert all(s["cost"]["CGlow"]["reused"] for s in again["per_seed"])
+    for m in METHODS:
+        assert again["results"][m]["fid"]["values"] == pytest.approx(report["results"][m]["fid"]["values"])
 
 
 def test_evaluate_needs_class_and_attribute_fields(tmp_path, flowcond_cli):
@@ -392,3 +465,20 @@ def test_evaluate_needs_class_and_attribute_fields(tmp_path, flowcond_cli):
     )
     assert r.exit_code != 0 and "categorical (class) and a binary (attributes)" in r.output
     assert "tried 'digits'" in r.output
+
+
+def test_evaluate_device_is_checked_before_any_loading(tmp_path):
+    """``--device``: a bad spelling is an option error; a GPU that is not there is one line,
+    before the backbone or the evaluator is read (neither file exists here)."""
+    from click.testing import CliRunner
+
+    from flowcond.cli import cli
+
+    args = ["evaluate", "--backbone", str(tmp_path / "bb.safetensors"), "--evaluator", "ev.safetensors"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r"), "--device", "gpu"])
+    assert result.exit_code == 1 and "device: " in result.output
+    assert "'gpu': expected auto, cpu, cuda or cuda:N" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r"), "--device", "cuda"])
+        assert result.exit_code == 1
+        assert "--device cuda: CUDA is not available here" in result.output

@@ -206,7 +206,8 @@ class CGlow(nn.Module):
     def decode(self, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Raw flat latents -> images in [0, 1] (through the backbone's standardized decode)."""
         bb = self.backbone
-        return bb.decode_in_batches(bb.flatten_levels(bb.standardize(bb.split_levels(z))), batch_size)
+        y = bb.flatten_levels(bb.standardize(bb.split_levels(z.to(bb.device))))
+        return bb.decode_in_batches(y, batch_size).to(z.device)
 
     @torch.no_grad()
     def generate(self, c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

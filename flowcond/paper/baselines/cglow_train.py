@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowcond import distributed
 from flowcond.datasets import ImageDataset
 from flowcond.errors import ConfigError
 from flowcond.flow.config import BackboneConfig
@@ -68,7 +69,10 @@ def cglow_test_bits_per_dim(model: CGlow, ds: ImageDataset, batch_size: int = 25
     for i in range(0, len(ds), batch_size):
         part = slice(i, min(i + batch_size, len(ds)))
         x = ds.images_at(part)
-        total += float(model.bits_per_dim(x, _labels_at(ds, part), torch.rand(x.shape, generator=g)).sum())
+        noise = torch.rand(x.shape, generator=g)
+        dev = next(model.parameters()).device
+        labels = {k: v.to(dev) for k, v in _labels_at(ds, part).items()}
+        total += float(model.bits_per_dim(x.to(dev), labels, noise.to(dev)).sum())
     model.train(was)
     return total / max(len(ds), 1)
 
@@ -86,13 +90,22 @@ def train_cglow(
     attribute_field: str | None = None,
     checkpoint: bool = False,
     resume: bool = False,
+    device: str = "cpu",
 ) -> tuple[CGlow, dict[str, Any]]:
     """Train a CGlow end to end on ``train``; returns the frozen model and a summary.
 
     ``callback(model, info)`` is called every ``callback_every`` steps and at the end (the model in
     eval mode, no gradients; its time is not counted in ``train_seconds``) — for accuracy-vs-time
-    curves. ``checkpoint``/``resume``: epoch checkpoints beside ``out``.
+    curves. ``checkpoint``/``resume``: epoch checkpoints beside ``out``. ``device``: where it
+    trains (:func:`flowcond.distributed.resolve_device`).
+
+    Under torchrun every process calls this: each takes every N-th image of each global batch of
+    ``batch_size`` (the same batches and noise as one process), DDP averages the gradients of its
+    share of the global loss, ActNorm is initialized from the same batch and broadcast from rank 0,
+    and rank 0 alone writes ``out`` and the checkpoints (as ``train-backbone``).
     """
+    world = distributed.init(device) if distributed.launched() else None
+    dev = world.device if world is not None else distributed.resolve_device(device)
     opts = options or CGlowTrainConfig()
     if tuple(train.image_shape) != config.image_shape:
         raise ConfigError(
@@ -104,7 +117,7 @@ def train_cglow(
     data = dataset_binding(train)
     cg = CGlowConfig.from_dataset(train, class_field, attribute_field, weight_y=opts.weight_y)
     torch.manual_seed(opts.seed)
-    model = CGlow(config, cg)
+    model = CGlow(config, cg).to(dev)
     g = torch.Generator().manual_seed(opts.seed)
     unused = {id(p) for p in model.backbone.flow.q0.parameters()}
     params = [p for p in model.parameters() if id(p) not in unused]
@@ -120,7 +133,9 @@ def train_cglow(
         state = _resume(ckpt, {"config": config, "cglow": cg, "options": opts}, data, parts, tuple(state))
     else:
         first = torch.randperm(len(train), generator=g)[: max(opts.batch_size, 256)]
-        model.backbone.initialize(train.images_at(first))
+        model.backbone.initialize(train.images_at(first).to(dev))
+    distributed.broadcast_module(model)
+    step_losses = _step_losses(model, world, unused)
 
     total = opts.epochs * math.ceil(len(train) / opts.batch_size)
     if opts.max_steps is not None:
@@ -130,7 +145,7 @@ def train_cglow(
         lambda n: f"CGlow training diverged: {n} non-finite batches",
         skipped=state["skipped"],
     )
-    bar = progress_bar(total, "cglow", progress, initial=state["step"])
+    bar = progress_bar(total, "cglow", progress and distributed.is_main(), initial=state["step"])
     clock = Stopwatch(state["train_seconds"])
     clock.start()
     model.train()
@@ -141,13 +156,20 @@ def train_cglow(
         for i in range(0, len(order), opts.batch_size):
             if state["step"] >= total:
                 break
-            idx = order[i : i + opts.batch_size]
-            x, labels = train.images_at(idx), _labels_at(train, idx)
-            noise = torch.rand(x.shape, generator=g)
+            batch = order[i : i + opts.batch_size]
+            noise = torch.rand((len(batch), *train.image_shape), generator=g)  # the global batch's
+            mine = slice(None) if world is None else world.shard(len(batch))  # this rank's share
+            idx, noise = batch[mine], noise[mine].to(dev)
+            x, labels = (
+                train.images_at(idx).to(dev),
+                {k: v.to(dev) for k, v in _labels_at(train, idx).items()},
+            )
             for group in opt.param_groups:
                 group["lr"] = opts.lr * min(1.0, (state["step"] + 1) / max(opts.warmup, 1))
-            ls = model.losses(x, labels, noise)
+            ls = step_losses(x, labels, noise)
             loss = ls["bpd"] + opts.weight_y * ls["cls"] / math.log(2.0)
+            if world is not None:  # this rank's share of the global mean, which is the value
+                loss = _global_mean(loss, len(x), world.size)
             if not optimizer_step(loss, opt, params, opts.clip):
                 budget.skip()
                 continue
@@ -162,7 +184,7 @@ def train_cglow(
                     model.train()
         state["history"].append({"epoch": epoch + 1, "step": state["step"]})
         state["epoch"], state["skipped"] = epoch + 1, budget.skipped
-        if ckpt is not None:
+        if ckpt is not None and distributed.is_main():
             with clock.paused():
                 state["train_seconds"] = clock.seconds
                 extra = {
@@ -189,9 +211,40 @@ def train_cglow(
             "seconds": round(train_seconds, 2),
         },
     }
-    if out is not None:
+    if out is not None and distributed.is_main():
         model.save(out, **summary)
+    distributed.barrier()
     return model, summary
+
+
+def _step_losses(model: CGlow, world: distributed.World | None, unused: set[int]) -> Callable:
+    """``model.losses``, through DDP under torchrun (the flow's unused Glow prior ignored)."""
+    if world is None or world.size == 1:
+        return model.losses
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class _Losses(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor, labels: dict, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.model.losses(x, labels, noise)
+
+    module = _Losses()
+    ignored = [name for name, p in module.named_parameters() if id(p) in unused]
+    DDP._set_params_and_buffers_to_ignore_for_model(module, ignored)
+    ids = [world.device] if world.device.type == "cuda" else None
+    return DDP(module, device_ids=ids)
+
+
+def _global_mean(loss: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Of a rank's mean ``loss`` over its ``n`` images: a tensor whose value is the mean over all
+    ranks' images and whose gradient, averaged by DDP, is that of the global mean."""
+    totals = torch.stack([loss.detach().double() * n, loss.new_tensor(float(n), dtype=torch.float64)])
+    totals = distributed.all_reduce_tensor(totals)
+    share = loss * (n * size / float(totals[1]))
+    return share + (totals[0] / totals[1] - share.detach()).to(share.dtype)
 
 
 def _resume(

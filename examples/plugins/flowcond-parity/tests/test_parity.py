@@ -54,10 +54,17 @@ def test_head_on_backbone_latents(tiny_backbone, tiny_dataset):
 
 
 def test_registered_for_one_test(flowcond_register, flowcond_plugins):
-    if _installed():
-        pytest.skip("flowcond-parity is installed: its entry point already registers 'parity'")
-    flowcond_register(Parity)
-    assert flowcond_plugins.condition_kinds()["parity"].obj is Parity
+    class MyParity(Parity):
+        """The kind under test: shadows the installed 'parity' (if any) for this test only."""
+
+    flowcond_register(MyParity)
+    assert flowcond_plugins.condition_kinds()["parity"].obj is MyParity
+
+
+def test_the_kind_keeps_the_condition_contract(tiny_dataset):
+    from flowcond.testing import check_condition_kind
+
+    check_condition_kind(Parity, dataset=tiny_dataset)  # shapes, dtypes, round-trips, loss, ...
 
 
 @pytest.mark.skipif(not _installed(), reason="flowcond-parity not installed (pip install -e .)")
