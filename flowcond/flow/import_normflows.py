@@ -50,6 +50,8 @@ class GlowShape:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)`` on the CPU: a dict of tensors, or a one-line
     FileFormatError naming the file (a pickled object other than tensors is refused by torch)."""
+    if os.path.isdir(path):
+        raise FileFormatError(path, "is a folder, expected a torch.save file of a state dict")
     if not os.path.isfile(path):
         raise FileFormatError(path, "no such file")
     try:

@@ -266,3 +266,12 @@ def test_trained_backbones_record_their_provenance(tmp_path):
     prov = json.loads(CliRunner().invoke(cli, ["info", str(out)]).stdout)["provenance"]
     assert prov["source"] == "trained" and prov["library"] == "flowcond"
     assert prov["dataset"] == "digits" and prov["steps"] == 2 and prov["date"]
+
+
+def test_a_folder_or_a_missing_file_is_named_in_one_line(tmp_path):
+    from flowcond.flow.import_normflows import read_state_dict
+
+    with pytest.raises(FileFormatError, match="is a folder, expected a torch.save file"):
+        read_state_dict(tmp_path)
+    with pytest.raises(FileFormatError, match="no such file"):
+        read_state_dict(tmp_path / "missing.pt")
