@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from flowcond import registry
-from flowcond.caglow.boundary import check_first_batch
+from flowcond.caglow.boundary import CHECK_HEAD, check_first_batch
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads, plugin_entries
 from flowcond.caglow.label_table import LabelTable
@@ -138,7 +138,7 @@ def attach(
     torch.manual_seed(config.seed)
     heads = Heads(backbone, kinds, config)
     heads.label_table = LabelTable.from_labels(kinds, labels_all)  # the joint prior of sampling
-    check_first_batch(heads, z_all.head(METRIC_ROWS), labels_all)  # plugins' shapes, dtypes and losses, once
+    check_first_batch(heads, z_all.head(CHECK_HEAD), labels_all)  # plugins' shapes, dtypes and losses, once
     enc_params = list(heads.encoder.parameters()) + list(heads.inputs.parameters())
     opt_e = torch.optim.Adam(enc_params, lr=config.lr, betas=(config.beta1, 0.999))
     sup_params = list(heads.supervision.parameters())

@@ -18,6 +18,8 @@ from flowcond.caglow.metrics import plausible
 
 #: rows of the first batch checked
 CHECK_ROWS = 8
+#: latents read for the check: the first plausible CHECK_ROWS among them are used
+CHECK_HEAD = 64
 
 
 def plausible_rows(z: torch.Tensor, n: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from flowcond.caglow.heads import Heads
 from flowcond.conditions import ConditionKind
+from flowcond.contract import check_value_range
 from flowcond.errors import ConfigError
 
 __all__ = ["Sweep", "resolve_sweep", "sweep_ends", "sweep_plugin"]
@@ -90,17 +91,8 @@ def resolve_sweep(
         hint = f"; plugins with one: {', '.join(sweepable)}" if sweepable else ""
         raise ConfigError(f"{option} {plugin}: condition plugin {plugin!r} has no value range to sweep{hint}")
     index, comp = _component(kind, plugin, component, option)
-    if value_range is not None:
-        low, high = value_range
-    elif isinstance(ranges, list | tuple) and ranges and isinstance(ranges[0], list | tuple):
-        if len(ranges) != len(kind.component_names):
-            raise ConfigError(
-                f"condition plugin {plugin!r}: value_range lists {len(ranges)} ranges for "
-                f"{len(kind.component_names)} components"
-            )
-        low, high = ranges[index]
-    else:
-        low, high = ranges
+    # the kind's own ranges are checked like everywhere else (one-line PluginError if malformed)
+    low, high = value_range if value_range is not None else check_value_range(kind)[index]
     return Sweep(plugin, index, comp, float(low), float(high), len(kind.component_names))
 
 

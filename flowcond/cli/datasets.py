@@ -92,12 +92,16 @@ def datasets_command(names: tuple[str, ...], root: str | None, as_json: bool) ->
     the built-in ones; on-disk datasets need --root)."""
     from flowcond.errors import ConfigError
 
-    known = registry.datasets()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown dataset(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    reg = registry.dataset_names()
+    if names:  # plain or provider:name; an ambiguous plain name is a one-line PluginError
+        found = {n: reg.find(n) for n in names}
+        unknown = [n for n, item in found.items() if item is None]
+        if unknown:
+            raise ConfigError(f"unknown dataset(s) {', '.join(unknown)}; registered: {reg.listing()}")
+    else:  # a name two plugins register is listed once per provider, by its qualified name
+        found = {**reg.plain(), **{i.qualified: i for group in reg.ambiguous().values() for i in group}}
     takes = _conditions_by_label_kind()
-    described = [describe_dataset(n, known[n], root, takes) for n in (names or sorted(known))]
+    described = [describe_dataset(n, found[n], root, takes) for n in (names or sorted(found))]
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return

@@ -86,8 +86,7 @@ def bpd_per_image(
     out = []
     for start in range(0, len(ds), batch_size):
         x = ds.images_at(slice(start, start + batch_size)).to(model.device)
-        bpd = sum(model.bits_per_dim(x, torch.rand(x.shape, generator=g).to(x.device)) for _ in range(draws))
-        out.append(bpd.double().cpu() / draws)
+        out.append(model.bits_per_dim(x, draws=draws, generator=g).double().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 

@@ -13,6 +13,7 @@ from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
 from flowcond.caglow.latents import LatentCache
 from flowcond.paper.baselines import CGlow, CGlowTrainConfig, PreStored
+from flowcond.paper.baselines.cglow_train import cglow_bpd_per_image
 from flowcond.paper.context import Context, stage, timed
 from flowcond.paper.discovery import plugin_options
 from flowcond.paper.model_cache import cached_cglow
@@ -119,17 +120,11 @@ def bits_summary(bpd: torch.Tensor, n_bits: int) -> dict[str, Any]:
     return {**bpd_stats(bpd, n_bits), "dequantization": "uniform", "draws": BPD_DRAWS}
 
 
-@torch.no_grad()
 def cglow_bits(model: CGlow, ds: Any, seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
-    """CGlow's conditional test bits/dim, the same figure as :func:`backbone_bits`."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(ds), batch_size):
-        part = slice(i, min(i + batch_size, len(ds)))
-        x, labels = ds.images_at(part), {k: v[part] for k, v in ds.labels.items()}
-        bpd = sum(model.bits_per_dim(x, labels, torch.rand(x.shape, generator=g)) for _ in range(BPD_DRAWS))
-        out.append(bpd.double() / BPD_DRAWS)
-    return bits_summary(torch.cat(out), model.config.n_bits)
+    """CGlow's conditional test bits/dim, the same figure as :func:`backbone_bits` (on the
+    model's device)."""
+    bpd = cglow_bpd_per_image(model, ds, batch_size, seed, draws=BPD_DRAWS)
+    return bits_summary(bpd, model.config.n_bits)
 
 
 def cost(

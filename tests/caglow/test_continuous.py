@@ -339,3 +339,33 @@ def test_attributes_take_field_columns_too():
 def test_datasets_command_says_why_a_dataset_was_not_loaded(flowcond_cli):
     r = flowcond_cli("datasets", "mnist")
     assert r.exit_code == 0 and "not loaded: dataset 'mnist' reads from disk: pass --root" in r.stdout
+
+
+def test_datasets_command_lists_an_ambiguous_name_by_each_provider(flowcond_plugins, flowcond_cli):
+    from flowcond.testing import tiny_image_dataset
+
+    def loader(split, root=None, download=False, **options):
+        return tiny_image_dataset(n=8)
+
+    flowcond_plugins.register_dataset("twice", loader, shadow=False)
+    flowcond_plugins.registry.register(_Twice(loader), "other-twice")
+    r = flowcond_cli("datasets", "--json")
+    assert r.exit_code == 0, r.output
+    listed = {d["name"] for d in json.loads(r.stdout)}
+    assert "twice" not in listed and {"test-dataset-twice:twice", "other-twice:twice"} <= listed
+    r = flowcond_cli("datasets", "twice")
+    assert r.exit_code == 1 and "dataset 'twice' is registered by" in r.stderr
+    r = flowcond_cli("datasets", "other-twice:twice", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["sizes"] == {"train": 8, "test": 8}
+
+
+class _Twice:
+    """A second provider of the dataset name ``twice``."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("twice", self.loader)

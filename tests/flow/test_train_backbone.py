@@ -108,8 +108,8 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     original = Backbone.bits_per_dim
     calls = {"n": 0}
 
-    def flaky(self, x, noise=None):
-        out = original(self, x, noise)
+    def flaky(self, x, noise=None, **kwargs):
+        out = original(self, x, noise, **kwargs)
         if self.training:
             calls["n"] += 1
             if calls["n"] in (3, 7):
@@ -145,8 +145,8 @@ def test_diverging_run_names_the_checkpoint(tmp_path, monkeypatch):
     original = Backbone.bits_per_dim
     state = {"diverge": False}
 
-    def diverging(self, x, noise=None):
-        out = original(self, x, noise)
+    def diverging(self, x, noise=None, **kwargs):
+        out = original(self, x, noise, **kwargs)
         return out * float("nan") if (self.training and state["diverge"]) else out
 
     monkeypatch.setattr(Backbone, "bits_per_dim", diverging)
