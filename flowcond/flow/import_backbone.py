@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from flowcond.datasets import ImageDataset
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.config import BackboneConfig
@@ -74,7 +75,8 @@ def import_backbone(
     cfg = config or NormflowsImportConfig(**options)
     check_locations({"out": out}, {"state dict": path})
     sd = read_state_dict(path)
-    dataset_shape = _dataset_shape(cfg.dataset) if cfg.dataset else None
+    test = _test_split(cfg.dataset) if cfg.dataset else None  # loaded once: its shape, its score
+    dataset_shape = tuple(test.image_shape) if test is not None else None
     shape = infer_glow(path, sd, cfg, dataset_shape)
     _check_prior_class(path, shape, cfg)
     reference = build_reference(shape, cfg)
@@ -104,25 +106,25 @@ def import_backbone(
     }
     if cfg.dataset:
         meta["dataset"] = {"name": cfg.dataset, "split": "train"}
-        meta.update(score_test_split(backbone, cfg.dataset, progress))
+        meta.update(score_test_split(backbone, test, cfg.dataset, progress))
         other = "centered" if cfg.input_range == "unit" else "unit"
         alt = convert(reference, shape, cfg.model_copy(update={"input_range": other}))
-        median = score_test_split(alt, cfg.dataset, progress).get("test_bits_per_dim_median")
+        median = score_test_split(alt, test, cfg.dataset, progress).get("test_bits_per_dim_median")
         if median is not None:  # how the other input range would score: a wrong guess shows
             report[f"test_bits_per_dim_median_if_{other}"] = median
     backbone.save(out, **meta)
     return backbone, report
 
 
-def score_test_split(backbone: Backbone, dataset: str, progress: bool = True) -> dict[str, Any]:
-    """Bits/dim of the imported backbone on (the first :data:`MAX_SCORED` images of) the test
-    split of ``dataset``, as ``train-backbone`` records them; a median above ``n_bits`` (worse
+def score_test_split(
+    backbone: Backbone, test: ImageDataset, dataset: str, progress: bool = True
+) -> dict[str, Any]:
+    """Bits/dim of the imported backbone on (the first :data:`MAX_SCORED` images of) ``test``,
+    the test split of ``dataset``, as ``train-backbone`` records them; a median above ``n_bits`` (worse
     than uniform noise) means an option (``input_range``, ``scale_map``) does not match how the
     flow was trained. Non-finite figures are left out."""
-    from flowcond.datasets import ImageDataset, load_dataset
     from flowcond.flow.train import bpd_per_image, bpd_stats
 
-    test = load_dataset(dataset, "test")
     n, chunk = min(len(test), MAX_SCORED), 250
     values = []
     with progress_bar(n, f"bits/dim on {dataset}", progress, unit="img", leave=False) as bar:
@@ -140,10 +142,10 @@ def score_test_split(backbone: Backbone, dataset: str, progress: bool = True) ->
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
-def _dataset_shape(name: str) -> tuple[int, int, int]:
+def _test_split(name: str) -> ImageDataset:
     from flowcond.datasets import load_dataset
 
-    return tuple(load_dataset(name, "train").image_shape)
+    return load_dataset(name, "test")
 
 
 def _check_prior_class(path: str | os.PathLike, shape: GlowShape, cfg: NormflowsImportConfig) -> None:
