@@ -229,6 +229,18 @@ def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
     return {k: v / n for k, v in all_reduce_sum(values).items()}
 
 
+def global_mean(local_sum: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Of a rank's ``local_sum`` over its ``n`` rows (``size`` ranks): a tensor whose value is the
+    mean over every rank's rows and whose gradient, once DDP has averaged it over the ranks, is
+    that of this global mean (ranks may hold different numbers of rows)."""
+    import torch
+
+    count = local_sum.new_tensor(float(n), dtype=torch.float64)
+    totals = all_reduce_tensor(torch.stack([local_sum.detach().double(), count]))
+    share = local_sum * (size / float(totals[1]))  # DDP divides the summed gradients by ``size``
+    return share + (totals[0] / totals[1] - share.detach()).to(share.dtype)
+
+
 def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over all ranks (a new tensor; ``t`` itself in one process)."""
     if not _grouped():

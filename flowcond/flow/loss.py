@@ -22,6 +22,7 @@ import warnings
 import torch
 from torch import nn
 
+from flowcond import distributed
 from flowcond.distributed import World
 from flowcond.flow.backbone import Backbone
 from flowcond.flow.precision import training_autocast
@@ -105,15 +106,7 @@ class TrainingLoss:
         bpd = self.per_image(x, noise)
         if self.world is None:
             return bpd.mean()
-        import torch.distributed as dist
-
-        local = bpd.sum()
-        count = local.new_tensor(float(len(x)), dtype=torch.float64)
-        totals = torch.stack([local.detach().double(), count])
-        dist.all_reduce(totals)
-        n = float(totals[1])
-        share = local * (self.world.size / n)  # DDP divides the summed gradients by the world size
-        return share + (totals[0] / n - share.detach()).to(share.dtype)
+        return distributed.global_mean(bpd.sum(), len(x), self.world.size)
 
 
 def _no_buffer_sync() -> dict[str, bool]:

@@ -179,7 +179,7 @@ def train_cglow(
             ls = step_losses(x, labels, noise)
             loss = ls["bpd"] + opts.weight_y * ls["cls"] / math.log(2.0)
             if world is not None:  # this rank's share of the global mean, which is the value
-                loss = _global_mean(loss, len(x), world.size)
+                loss = distributed.global_mean(loss * len(x), len(x), world.size)
             if not optimizer_step(loss, opt, params, opts.clip):
                 budget.skip()
                 continue
@@ -246,15 +246,6 @@ def _step_losses(model: CGlow, world: distributed.World | None, unused: set[int]
     DDP._set_params_and_buffers_to_ignore_for_model(module, ignored)
     ids = [world.device] if world.device.type == "cuda" else None
     return DDP(module, device_ids=ids)
-
-
-def _global_mean(loss: torch.Tensor, n: int, size: int) -> torch.Tensor:
-    """Of a rank's mean ``loss`` over its ``n`` images: a tensor whose value is the mean over all
-    ranks' images and whose gradient, averaged by DDP, is that of the global mean."""
-    totals = torch.stack([loss.detach().double() * n, loss.new_tensor(float(n), dtype=torch.float64)])
-    totals = distributed.all_reduce_tensor(totals)
-    share = loss * (n * size / float(totals[1]))
-    return share + (totals[0] / totals[1] - share.detach()).to(share.dtype)
 
 
 def _resume(
