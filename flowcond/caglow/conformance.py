@@ -15,14 +15,11 @@ from typing import Any
 import torch
 
 from flowcond import contract
-from flowcond.caglow.boundary import check_first_batch, plausible_rows
+from flowcond.caglow.boundary import CHECK_ROWS, check_first_batch, plausible_rows
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads
 from flowcond.conditions import ConditionKind, check_kind
 from flowcond.errors import FlowcondError, PluginError
-
-#: rows of the batches the checks run on
-ROWS = 8
 
 
 def _call(kind: Any, method: str, f: Any, *args: Any) -> Any:
@@ -92,7 +89,7 @@ def check_condition_kind(
     bb = backbone if backbone is not None else _tiny_backbone(tuple(dataset.image_shape), images)
     z = bb.encode(images)
     labels = {k: v[: len(images)] for k, v in dataset.labels.items()}
-    idx = plausible_rows(z, ROWS)
+    idx = plausible_rows(z, CHECK_ROWS)
     b = len(idx)
     g = torch.Generator().manual_seed(0)
     prior = contract.check_prior(kind, _call(kind, "sample_prior()", kind.sample_prior, b, g), b)
@@ -121,7 +118,7 @@ def check_condition_kind(
 
     # through real heads: first-batch checks as attach runs them, then a sample
     heads = Heads(bb, {name: kind}, AttachConfig(plugins=[name], hidden=16, trunk_hidden=16, noise_dim=4))
-    check_first_batch(heads, z, labels, ROWS)
+    check_first_batch(heads, z, labels, CHECK_ROWS)
     with torch.no_grad():
         given = heads.parse_conditions([f"{name}={kind.format(targets[0])}"])
         images_out, _ = heads.sample(given, n=2, temperature=0.5, seed=0)

@@ -133,15 +133,11 @@ class Heads(nn.Module):
             raise ConfigError(f"--prior {prior}: choose one of {', '.join(PRIORS)}")
         out = self.expand_targets(n, given or {})
         if prior == "joint":
-            self._joint_targets(out, n, generator)
+            joint_targets(self.kinds, self.label_table, out, n, generator)
         for name, kind in self.kinds.items():
             if name not in out:
                 out[name] = contract.check_prior(kind, kind.sample_prior(n, generator), n)
         return {name: out[name] for name in self.kinds}
-
-    def _joint_targets(self, out: dict[str, torch.Tensor], n: int, generator: torch.Generator | None) -> None:
-        """Fill ``out`` with the un-given supervised targets drawn from the label table."""
-        joint_targets(self.kinds, self.label_table, out, n, generator)
 
     # ----------------------------------------------------------------- latents
     def noise(

@@ -85,7 +85,17 @@ def cached_cglow(
     marker = training_marker(path)
     marker.write_text(str(os.getpid()))
     try:
-        model, summary = _train(config, train, test, options, class_field, attribute_field, progress, device)
+        model, summary = train_cglow(
+            config,
+            train,
+            test,
+            options,
+            out=None,
+            progress=progress,
+            class_field=class_field,
+            attribute_field=attribute_field,
+            device=device,
+        )
         model.save(path, **summary, cache_key=key, cache_binding=binding)
     finally:
         marker.unlink(missing_ok=True)
@@ -124,26 +134,3 @@ def wait_for_trainer(path: Path, progress: bool, poll: float = 10.0) -> None:
                 tqdm.write(f"model cache: process {pid} is training {path.name}; waiting for it")
             announced = True
         time.sleep(poll)
-
-
-def _train(
-    config: BackboneConfig,
-    train: ImageDataset,
-    test: ImageDataset,
-    options: CGlowTrainConfig,
-    class_field: str,
-    attribute_field: str,
-    progress: bool,
-    device: str,
-) -> tuple[CGlow, dict[str, Any]]:
-    return train_cglow(
-        config,
-        train,
-        test,
-        options,
-        out=None,
-        progress=progress,
-        class_field=class_field,
-        attribute_field=attribute_field,
-        device=device,
-    )
