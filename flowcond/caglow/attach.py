@@ -33,7 +33,13 @@ from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads, plugin_entries
 from flowcond.caglow.label_table import LabelTable
 from flowcond.caglow.latents import LatentCache
-from flowcond.caglow.losses import encoder_losses, loss_weights, supervision_losses, weighted_sum
+from flowcond.caglow.losses import (
+    encoder_losses,
+    loss_weights,
+    noise_losses,
+    supervision_losses,
+    weighted_sum,
+)
 from flowcond.caglow.metrics import heads_metrics
 from flowcond.caglow.shards import LatentRows
 from flowcond.conditions import ConditionKind
@@ -175,11 +181,12 @@ def attach(
             c = heads.condition_input(targets)
             eps, eps_res = heads.noise(config.batch_size, 1.0, g)
             fake = heads.generate_from_input(c, eps, eps_res)
-            ld = supervision_losses(heads, z_real, fake.detach(), targets)
+            ld = supervision_losses(heads, z_real, fake.detach(), targets, g)
             if not optimizer_step(weighted_sum(ld, lam), opt_d, sup_params):
                 budget.skip()
                 continue
             le = encoder_losses(heads, z_real, fake, targets)  # against the updated block
+            le.update(noise_losses(heads, c, fake, (eps, eps_res), g))
             if not optimizer_step(weighted_sum(le, lam), opt_e, enc_params):
                 budget.skip()
                 continue

@@ -31,6 +31,13 @@ class Lambdas(BaseModel):
         le=MAX_LAMBDA,
         description="not in the paper: match per-dimension mean and std of generated latents",
     )
+    MS: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_LAMBDA,
+        description="not in the paper: mode seeking (Mao et al., 2019), keeps latents generated "
+        "with the same conditions and different noise apart",
+    )
     kinds: dict[str, Annotated[float, Field(ge=0, le=MAX_LAMBDA)]] = Field(
         default_factory=dict,
         description="per-kind weights inside C or De: 'C.NAME' or 'De.NAME' -> weight (default: "
@@ -92,6 +99,14 @@ class AttachConfig(BaseModel):
         False, description="projection discriminator D(z, c) on supervised conditions (paper: D(z))"
     )
     steps: int = Field(3000, ge=1, description="training steps (D and E updates)")
+    classifier_noise: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="std of Gaussian noise added to the real latents the condition heads learn "
+        "from (not in the paper): a smoother classifier, harder for the encoder to satisfy with "
+        "latents that decode to another class; 0: off",
+    )
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate")
     beta1: float = Field(0.5, ge=0, lt=1)

@@ -3,7 +3,8 @@
 * supervision block step: ``Di`` (Eq. 11), ``C`` on real latents (Eq. 12), ``De`` on generated
   latents (Eq. 13);
 * encoder step: ``E`` (Eq. 10, non-saturating), ``C`` and ``De`` on generated latents, the pairwise
-  feature matching ``FM`` (Eq. 14) and ``MM`` (not in the paper: moment matching);
+  feature matching ``FM`` (Eq. 14), ``MM`` (not in the paper: moment matching) and
+  ``MS`` (not in the paper: mode seeking, :func:`noise_losses`);
 
 weighted by the ``lambdas`` of Eq. 15 (:func:`weighted_sum`).
 """
@@ -55,11 +56,20 @@ def kind_losses(heads: Heads, outs: Mapping, targets: Mapping, supervised: bool)
 
 
 def supervision_losses(
-    heads: Heads, z_real: torch.Tensor, fake: torch.Tensor, targets: Mapping
+    heads: Heads,
+    z_real: torch.Tensor,
+    fake: torch.Tensor,
+    targets: Mapping,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Losses of the supervision block's step: ``Di`` (Eq. 11: real vs generated), ``C`` (Eq. 12 on
-    real latents, supervised kinds) and ``De`` (Eq. 13: code decoders on generated latents)."""
+    real latents, supervised kinds; with ``classifier_noise`` on noisy real latents) and ``De``
+    (Eq. 13: code decoders on generated latents)."""
     _, d_real, h_real = heads.supervise(z_real, targets)
+    sigma = heads.config.classifier_noise
+    if sigma > 0:
+        noise = torch.randn(z_real.shape, generator=generator).to(z_real)
+        h_real = heads.supervise(z_real + sigma * noise, targets)[2]
     _, d_fake, h_fake = heads.supervise(fake, targets)
     l_di = F.binary_cross_entropy_with_logits(
         d_real, torch.ones_like(d_real)
@@ -88,6 +98,33 @@ def encoder_losses(
         "FM": feature_matching(f_fake, f_real, heads.config.feature_matching),
         "MM": (fake.mean(0) - z_real.mean(0)).pow(2).mean() + (fake.std(0) - z_real.std(0)).pow(2).mean(),
     }
+
+
+def noise_losses(
+    heads: Heads,
+    c: torch.Tensor,
+    fake: torch.Tensor,
+    noise: tuple[torch.Tensor, torch.Tensor],
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The encoder's losses that draw more noise for the same encoder input ``c`` (not in the
+    paper), computed only when weighted above 0: ``MS`` (:func:`mode_seeking`, against ``fake``
+    generated from ``noise``)."""
+    lam, out = heads.config.lambdas, {}
+    if lam.MS > 0:
+        eps2, res2 = heads.noise(len(c), 1.0, generator)
+        d = torch.cat([noise[0] - eps2, noise[1] - res2], dim=1).pow(2).mean(1).sqrt()
+        out["MS"] = mode_seeking(fake, heads.generate_from_input(c, eps2, res2), d)
+    return out
+
+
+def mode_seeking(fake: torch.Tensor, fake2: torch.Tensor, noise_distance: torch.Tensor) -> torch.Tensor:
+    """Mode seeking (Mao et al., 2019, not in the CAGlow paper): the mean ratio of the noises'
+    distance to the distance of the latents they give with the same conditions (per dimension,
+    so that it does not depend on the sizes). Small when different noise gives different latents:
+    it counters an encoder that maps all noise to a few latents."""
+    d_z = (fake - fake2).pow(2).mean(1).sqrt()
+    return (noise_distance / (d_z + 1e-5)).mean()
 
 
 def feature_matching(f_fake: torch.Tensor, f_real: torch.Tensor, mode: str) -> torch.Tensor:

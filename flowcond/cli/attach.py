@@ -72,6 +72,7 @@ def plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
     + " C.KIND or De.KIND weighs one condition's loss inside C or De (e.g. C.continuous=2; default: "
     "the plugin's loss_weight, 1 unless it declares one).",
 )
+@model_option(AttachConfig, "classifier_noise")
 @model_option(AttachConfig, "seed")
 @model_option(AttachConfig, "threads", help="torch CPU threads for the training loop.")
 @device_option(help="Where the backbone encodes the dataset: auto (cuda if available), cpu, cuda, cuda:N.")

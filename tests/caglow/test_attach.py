@@ -12,7 +12,12 @@ from click.testing import CliRunner
 from flowcond import Backbone, BackboneConfig
 from flowcond.caglow.attach import AttachConfig, attach, checkpoint_path
 from flowcond.caglow.heads import Heads
-from flowcond.caglow.losses import encoder_losses, feature_matching, supervision_losses
+from flowcond.caglow.losses import (
+    encoder_losses,
+    feature_matching,
+    mode_seeking,
+    supervision_losses,
+)
 from flowcond.cli import cli
 from flowcond.datasets import load_dataset
 from flowcond.errors import ConfigError, FileFormatError, FlowcondError, PluginError
@@ -295,6 +300,43 @@ def test_conditional_discriminator_sees_the_conditions(backbone_file, tmp_path):
     assert not torch.allclose(d1, d2)
     loaded = Heads.load(tmp_path / "cond.heads.safetensors")
     assert loaded.config.conditional_discriminator and loaded.supervision.projection is not None
+
+
+def test_mode_seeking_is_larger_when_other_noise_gives_closer_latents():
+    z = torch.randn(8, 64)
+    noise_distance = torch.full((8,), 2.0)
+    collapsed = mode_seeking(z, z + 0.01 * torch.randn(8, 64), noise_distance)
+    spread = mode_seeking(z, z + torch.randn(8, 64), noise_distance)
+    assert collapsed.item() > 50 * spread.item()
+    # the ratio of the distances: twice the noise distance, twice the loss
+    assert mode_seeking(z, z + 1, 2 * noise_distance).item() == pytest.approx(
+        2 * mode_seeking(z, z + 1, noise_distance).item(), rel=1e-5
+    )
+
+
+def test_classifier_noise_changes_only_the_classification_loss():
+    heads, targets = _zero_heads()
+    for p in heads.supervision.parameters():  # a block that is not constant
+        torch.nn.init.normal_(p, std=0.5)
+    z, fake = torch.randn(4, 64), torch.randn(4, 64)
+    clean = supervision_losses(heads, z, fake, targets)
+    heads.config = heads.config.model_copy(update={"classifier_noise": 1.0})
+    noisy = supervision_losses(heads, z, fake, targets, torch.Generator().manual_seed(0))
+    again = supervision_losses(heads, z, fake, targets, torch.Generator().manual_seed(0))
+    assert noisy["Di"].item() == clean["Di"].item() and noisy["De"].item() == clean["De"].item()
+    assert noisy["C"].item() != clean["C"].item()
+    assert noisy["C"].item() == again["C"].item()  # the noise comes from the given generator
+
+
+def test_attach_with_the_noise_losses_and_classifier_noise_records_them(backbone_file, tmp_path):
+    out = tmp_path / "ms.heads.safetensors"
+    config = _config(tmp_path, classifier_noise=0.5, lambdas={"MS": 1.0})
+    heads, summary = attach(backbone_file, config, out, progress=False)
+    assert summary["steps"] == 12 and summary["skipped_steps"] == 0
+    loaded = Heads.load(out)
+    assert loaded.config.classifier_noise == 0.5 and loaded.config.lambdas.MS == 1.0
+    plain, _ = attach(backbone_file, _config(tmp_path), tmp_path / "plain.heads.safetensors", progress=False)
+    assert not torch.equal(heads.encoder.net[0].weight, plain.encoder.net[0].weight)
 
 
 def test_attach_restores_torch_threads(backbone_file, tmp_path):
