@@ -41,6 +41,9 @@ VARIANTS: dict[str, dict] = {
     "supervision-conv": {"supervision": "conv"},
     "6000-steps": {"steps": 6000},
     "ids-continuous": {"plugins": ["ids", "continuous"]},
+    "with-codes": {"plugins": ["ids", "attributes", "codes"]},
+    "with-codes-classifier-noise": {"plugins": ["ids", "attributes", "codes"], "classifier_noise": 1.0},
+    "batch-512": {"batch_size": 512},
 }
 
 
