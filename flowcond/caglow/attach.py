@@ -9,7 +9,9 @@ encode the dataset once into the latent cache, then alternate
   pairwise feature matching ``L_FM`` (Eq. 14) between each real latent and a latent generated with
   the same conditions;
 
-weighted by ``lambdas`` (Eq. 15); the losses are in :mod:`flowcond.caglow.losses`. Checkpoints
+weighted by ``lambdas`` (Eq. 15); the losses are in :mod:`flowcond.caglow.losses`. Batches come
+from the plausible training latents only (finite, norm at most 10x the median): those the backbone
+explodes on are left out and listed in the summary. Checkpoints
 every ``checkpoint_every`` steps hold the weights, both optimizers and the random generator, so
 ``resume`` continues exactly. A checkpoint records what it trains (the backbone hash, the plugins
 with their versions, options and state, the data and the attach options); resuming it with any of
@@ -31,7 +33,7 @@ from flowcond import registry
 from flowcond.caglow.boundary import CHECK_HEAD, check_first_batch
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads, plugin_entries
-from flowcond.caglow.label_table import LabelTable
+from flowcond.caglow.label_table import LabelTable, note
 from flowcond.caglow.latents import LatentCache
 from flowcond.caglow.losses import (
     encoder_losses,
@@ -40,7 +42,7 @@ from flowcond.caglow.losses import (
     supervision_losses,
     weighted_sum,
 )
-from flowcond.caglow.metrics import heads_metrics
+from flowcond.caglow.metrics import EXPLODING_FACTOR, LISTED, RULE, heads_metrics, plausible_norms
 from flowcond.caglow.shards import LatentRows
 from flowcond.conditions import ConditionKind
 from flowcond.datasets import ImageDataset, load_dataset
@@ -136,6 +138,7 @@ def attach(
     encode_seconds = time.perf_counter() - t0
     z_all = cache.rows()  # every shard checked; batches of latents are then read from disk
     labels_all = z_all.labels
+    train_rows, left_out = _plausible_rows(z_all, train)
     test_rows = test_cache.rows()
     z_test = test_rows.head(METRIC_ROWS)
     labels_test = {k: v[: len(z_test)] for k, v in test_rows.labels.items()}
@@ -177,7 +180,7 @@ def attach(
     with torch_threads(config.threads):
         for step in range(state["step"], config.steps):
             bar.update()
-            z_real, targets = _batch(z_all, labels_all, kinds, config.batch_size, g)
+            z_real, targets = _batch(z_all, train_rows, labels_all, kinds, config.batch_size, g)
             c = heads.condition_input(targets)
             eps, eps_res = heads.noise(config.batch_size, 1.0, g)
             fake = heads.generate_from_input(c, eps, eps_res)
@@ -214,6 +217,7 @@ def attach(
         "steps": state["step"],
         "segments": [s for s in state["segments"] if s["to"] > s["from"]],
         "skipped_steps": state["skipped"],
+        "training_latents": left_out,
         "encode_seconds": round(encode_seconds, 2),
         "train_seconds": round(state["train_seconds"], 2),
         "total_seconds": round(time.perf_counter() - t_start, 2),
@@ -291,12 +295,43 @@ def _resume(
     return state
 
 
+def _plausible_rows(z_all: LatentRows, train: ImageDataset) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The rows attach trains on: the plausible latents (:func:`plausible_norms`: finite, norm at
+    most 10x the median). A flow can explode on a few images (norms of 1e8 where the others have
+    15), and one such latent in a batch wrecks the heads' training; the rows left out are said on
+    stderr and recorded in the summary. A ConfigError when none is left."""
+    keep = plausible_norms(z_all.norms())
+    rows, dropped = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+    where = f"dataset {train.spec.get('name')!r} ({train.spec.get('split')})"
+    if len(rows) == 0:
+        raise ConfigError(f"the backbone encodes no image of {where} to a plausible latent ({RULE})")
+    if len(dropped):
+        first = ", ".join(str(i) for i in dropped[:LISTED].tolist())
+        note(
+            f"attach: left out {len(dropped)} of {len(keep)} training latents of {where} "
+            f"(images {first}{', ...' if len(dropped) > LISTED else ''}): the backbone explodes on them "
+            f"(norm > {EXPLODING_FACTOR:g}x the median)"
+        )
+    return rows, {
+        "used": len(rows),
+        "left_out": len(dropped),
+        "left_out_rows": dropped[:LISTED].tolist(),
+        "rule": RULE,
+    }
+
+
 def _batch(
-    z_all: LatentRows | torch.Tensor, labels_all: dict, kinds: dict, n: int, g: torch.Generator
+    z_all: LatentRows | torch.Tensor,
+    rows: torch.Tensor,
+    labels_all: dict,
+    kinds: dict,
+    n: int,
+    g: torch.Generator,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``n`` real latents drawn with replacement (read from the cache's shards), and the targets of
-    every plugin: the real labels for supervised kinds, draws from the prior for unsupervised ones."""
-    idx = torch.randint(len(z_all), (n,), generator=g)
+    """``n`` real latents drawn with replacement from ``rows`` (read from the cache's shards), and
+    the targets of every plugin: the real labels for supervised kinds, draws from the prior for
+    unsupervised ones."""
+    idx = rows[torch.randint(len(rows), (n,), generator=g)]
     targets = {}
     for name, kind in kinds.items():
         if kind.supervised:

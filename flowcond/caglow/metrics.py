@@ -28,7 +28,11 @@ RULE = f"left out: non-finite latents and those with norm > {EXPLODING_FACTOR:g}
 
 def plausible(z: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the rows of ``z`` (``(N, ...)``) that are finite and not exploding."""
-    norms = z.flatten(1).double().norm(dim=1)
+    return plausible_norms(z.flatten(1).double().norm(dim=1))
+
+
+def plausible_norms(norms: torch.Tensor) -> torch.Tensor:
+    """:func:`plausible` from the rows' norms ``(N,)`` (for latents streamed from disk)."""
     finite = torch.isfinite(norms)
     if not finite.any():
         return finite

@@ -251,6 +251,16 @@ class LatentRows:
     def __len__(self) -> int:
         return self._n
 
+    def norms(self, chunk: int = 1024) -> torch.Tensor:
+        """The L2 norm of every latent ``(N,)`` (float64), read shard by shard in ``chunk`` rows."""
+        out = []
+        for f in self.files:
+            rows = f.specs["z"].shape[0]
+            for start in range(0, rows, chunk):
+                block = f.block(start, min(start + chunk, rows), self.dim)
+                out.append(np.linalg.norm(block.astype(np.float64), axis=1))
+        return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0, dtype=torch.float64)
+
     def __getitem__(self, idx: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
         index = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= self._n):

@@ -1,5 +1,5 @@
-"""Attach summary metrics survive an exploding latent; the latent cache key follows the dataset
-plugin's version."""
+"""Attach (its training and its summary metrics) and the pre-stored baseline survive exploding
+latents; the latent cache key follows the dataset plugin's version."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
-from flowcond import Backbone
-from flowcond.caglow.attach import AttachConfig
+from flowcond import Backbone, BackboneConfig
+from flowcond.caglow import attach as attach_module
+from flowcond.caglow.attach import AttachConfig, attach
 from flowcond.caglow.heads import Heads
 from flowcond.caglow.latents import LatentCache
 from flowcond.caglow.metrics import EXPLODING_FACTOR, heads_metrics, plausible
 from flowcond.datasets import load_dataset
+from flowcond.paper.baselines.prestored import PreStored
 from flowcond.registry import get_condition_kind
 from flowcond.testing import make_distribution, tiny_image_dataset
 
@@ -66,6 +68,75 @@ def test_the_shipped_backbone_summary_leaves_out_test_digit_934():
     )
     out = heads_metrics(heads.eval(), z, {k: v[930:940] for k, v in test.labels.items()}, n_fake=16)
     assert out["real_latents"]["left_out_rows"] == [4] and out["real_latents"]["evaluated"] == 9
+
+
+def _exploding_backbone(monkeypatch, images):
+    """A tiny digits backbone that encodes each of ``images`` to a latent 1e9 times too long."""
+    bb = Backbone(BackboneConfig(channels=1, height=8, width=8, levels=1, steps=2, hidden=8))
+    bb.initialize(load_dataset("digits", "train").images[:128])
+    bb.freeze()
+    encode, planted = bb.encode, images.flatten(1)
+
+    def exploding(x, *args, **kwargs):
+        z = encode(x, *args, **kwargs)
+        hit = (x.flatten(1)[:, None, :] == planted[None].to(x)).all(2).any(1)
+        return torch.where(hit[:, None], z * 1e9, z)
+
+    monkeypatch.setattr(bb, "encode", exploding)
+    return bb
+
+
+def test_attach_trains_only_on_plausible_latents(monkeypatch, tmp_path, capsys):
+    """One exploding training latent in a batch wrecks the heads (25 of 52,000 shifted MNIST
+    digits took evaluator accuracy to 0.12): attach leaves them out, says so and records them."""
+    train = load_dataset("digits", "train")
+    bb = _exploding_backbone(monkeypatch, train.images[[5, 40]])
+    same = [[torch.equal(train.images[i], train.images[j]) for j in (5, 40)] for i in range(len(train))]
+    planted = [i for i, hits in enumerate(same) if any(hits)]
+    drawn = []
+    batch = attach_module._batch
+
+    def spy(z_all, rows, *args):
+        out = batch(z_all, rows, *args)
+        drawn.append(out[0].norm(dim=1).max())
+        return out
+
+    monkeypatch.setattr(attach_module, "_batch", spy)
+    config = AttachConfig(
+        plugins=["ids"], dataset="digits", steps=30, batch_size=64, cache_dir=str(tmp_path / "cache")
+    )
+    _, summary = attach(bb, config, tmp_path / "h.safetensors", progress=False)
+    assert summary["training_latents"] == {
+        "used": len(train) - len(planted),
+        "left_out": len(planted),
+        "left_out_rows": planted,
+        "rule": "left out: non-finite latents and those with norm > 10 x the median norm",
+    }
+    assert len(drawn) == 30 and max(drawn) < 1e3  # 30 batches of 64 from 1,000 rows: never one
+    err = capsys.readouterr().err
+    assert f"attach: left out {len(planted)} of {len(train)} training latents of dataset 'digits'" in err
+
+
+def test_attach_draws_the_same_batches_when_nothing_is_left_out():
+    """Rows 0..N-1: the draws of the generator are those of an attach without the rule."""
+    z = torch.randn(50, 4)
+    kinds = {"ids": get_condition_kind("ids").from_dataset({}, tiny_image_dataset(50))}
+    labels = dict(tiny_image_dataset(50).labels)
+    got, _ = attach_module._batch(z, torch.arange(50), labels, kinds, 16, torch.Generator().manual_seed(3))
+    assert torch.equal(got, z[torch.randint(50, (16,), generator=torch.Generator().manual_seed(3))])
+
+
+def test_prestored_features_leave_out_exploding_latents():
+    g = torch.Generator().manual_seed(0)
+    z, classes = torch.randn(200, 16, generator=g), torch.arange(200) % 4
+    attributes = (torch.rand(200, 2, generator=g) < 0.5).float()
+    clean = PreStored.fit(z[1:], classes[1:], attributes[1:], n_classes=4)
+    planted = z.clone()
+    planted[0] *= 1.15e8
+    robust = PreStored.fit(planted, classes, attributes, n_classes=4)
+    assert torch.allclose(robust.class_shifts, clean.class_shifts)
+    assert torch.allclose(robust.deltas, clean.deltas)
+    assert robust.info["left_out"] == 1 and clean.info["left_out"] == 0
 
 
 DATASET_PLUGIN = """

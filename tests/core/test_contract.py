@@ -13,7 +13,7 @@ from flowcond.caglow.attach import AttachConfig, attach
 from flowcond.caglow.heads import Heads
 from flowcond.conditions import ConditionKind, label_field
 from flowcond.datasets import load_dataset
-from flowcond.errors import PluginError
+from flowcond.errors import ConfigError, PluginError
 from flowcond.testing import check_condition_kind, tiny_image_dataset
 
 
@@ -127,11 +127,15 @@ def test_a_correct_kind_passes_and_is_returned():
 
 @pytest.mark.parametrize("name", sorted(registry.condition_kinds()))
 def test_every_installed_kind_passes_the_conformance_check(name):
+    """Every kind that builds on the tiny dataset with its default options; one that needs data of
+    its own (a field the tiny dataset lacks, as the tutorial's ``ink``) runs the check in its own
+    tests, on its data, and is skipped here with its one-line reason."""
     cls = registry.get_condition_kind(name)
     dataset = tiny_image_dataset()
-    needs = {"categorical", "binary", "continuous"} & {cls.label_kind or ""}
-    if needs and not any(f.kind in needs for f in dataset.schema.values()):
-        pytest.skip(f"the tiny dataset has no {needs} field")
+    try:
+        cls.from_dataset(None, dataset)
+    except ConfigError as e:
+        pytest.skip(f"{name} does not build on the tiny dataset: {e}")
     check_condition_kind(cls, dataset=dataset)
 
 

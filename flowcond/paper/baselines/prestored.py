@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from flowcond.caglow.metrics import plausible
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.flow.backbone import Backbone
 from flowcond.io import safefile
@@ -69,8 +70,15 @@ class PreStored:
         n_classes: int | None = None,
         backbone_hash: str | None = None,
     ) -> PreStored:
-        """Mean differences from latents ``z`` (N, D), class ids (N,) and 0/1 attributes (N, A)."""
-        z = z.double()
+        """Mean differences from latents ``z`` (N, D), class ids (N,) and 0/1 attributes (N, A).
+
+        Latents the backbone explodes on (:func:`~flowcond.caglow.metrics.plausible`: non-finite,
+        or norm over 10x the median) are left out: one of norm 1e8 would rule every mean; the
+        ``info`` records ``left_out``."""
+        keep = plausible(z)
+        z = z[keep].double()
+        classes = None if classes is None else classes[keep]
+        attributes = None if attributes is None else attributes[keep]
         shifts = deltas = None
         if classes is not None:
             K = int(n_classes if n_classes is not None else int(classes.max()) + 1)
@@ -97,7 +105,7 @@ class PreStored:
             class_names,
             attribute_names,
             backbone_hash,
-            {"fit_size": len(z)},
+            {"fit_size": len(z), "left_out": int((~keep).sum())},
         )
 
     @classmethod
