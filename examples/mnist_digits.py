@@ -1,10 +1,15 @@
-"""The main job end to end on the embedded MNIST-5k data: attach -> sample -> interpolate -> explore.
+"""The main job end to end on the embedded MNIST-5k data: attach -> sample -> interpolate -> edit ->
+explore.
 
     python examples/mnist_digits.py            # writes figures and digits.heads.safetensors to out/
 
-Uses the shipped backbone (examples/backbones/glow_mnist5k.safetensors) and, when present, the
-shipped evaluator (examples/evaluators/mnist5k_evaluator.safetensors) to report how often a digit
-generated with ``ids=k`` is classified as ``k``, and how varied the samples are.
+Attaches ``ids`` (the digit), ``attributes`` (thick, slanted, wide, tall: the Morpho-MNIST
+measures of ``mnist5k-morpho``, the same images) and two unsupervised ``codes`` to the shipped
+backbone (examples/backbones/glow_mnist5k.safetensors), with ``--classifier-noise 1`` (not in the
+paper: ``--classifier-noise 0`` gives the paper's losses). Samples of a digit get the attributes of
+a random training image of that digit (the joint prior). When present, the shipped evaluator
+(examples/evaluators/mnist5k_evaluator.safetensors) reports how often a digit generated with
+``ids=k`` is classified as ``k``; the report also says how varied the samples are.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import torch
 
 from flowcond.caglow.attach import AttachConfig, attach
-from flowcond.caglow.generate import explore, interpolate, sample_rows
+from flowcond.caglow.generate import explore, interpolate, manipulate, sample_rows
 from flowcond.datasets import load_dataset
 from flowcond.io.images import save_grid
 
@@ -47,6 +52,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--classifier-noise", type=float, default=1.0, help="std of the noise C learns with (paper: 0)"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,15 +62,21 @@ def main() -> None:
     t0 = time.perf_counter()
     heads, summary = attach(
         args.backbone,
-        AttachConfig(plugins=["ids", "codes"], steps=args.steps, seed=args.seed),
+        AttachConfig(
+            plugins=["ids", "attributes", "codes"],
+            dataset="mnist5k-morpho",
+            classifier_noise=args.classifier_noise,
+            steps=args.steps,
+            seed=args.seed,
+        ),
         out / "digits.heads.safetensors",
     )
     attach_s = time.perf_counter() - t0
     print(f"attach: {attach_s:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)")
 
-    # one row per digit, 10 samples each
+    # one row per digit, 10 samples each, each with the attributes and codes of its own draw
     rows = [
-        sample_rows(heads, {"ids": torch.tensor(k)}, 10, 10, args.temperature, args.seed + k)
+        sample_rows(heads, {"ids": torch.tensor(k)}, 10, 1, args.temperature, args.seed + k)
         for k in range(10)
     ]
     save_grid(
@@ -76,13 +90,17 @@ def main() -> None:
         out / "interpolate_1_7.png",
         nrow=8,
     )
-    imgs, _ = explore(heads, 0, 9, 4, None, None, args.temperature)
+    edits = ["attributes=thick", "attributes=slanted", "attributes=wide"]
+    imgs, labels = manipulate(heads, {"ids": torch.tensor(4)}, edits, 4, args.temperature, args.seed)
+    save_grid(imgs, out / "edits_4.png", nrow=len(labels), col_labels=labels)
+    imgs, _ = explore(heads, 0, 9, 4, None, "codes", args.temperature)
     save_grid(imgs, out / "explore_code0.png", nrow=9)
-    print(f"figures: {out}/samples.png, interpolate_1_7.png, explore_code0.png")
+    print(f"figures: {out}/samples.png, interpolate_1_7.png, edits_4.png, explore_code0.png")
 
     report = {
         "attach_seconds": round(attach_s, 1),
         "temperature": args.temperature,
+        "classifier_noise": args.classifier_noise,
         "heads": summary["metrics"],
     }
     t1 = time.perf_counter()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from flowcond import Backbone, BackboneConfig
+from flowcond.caglow.heads import Heads
 from flowcond.datasets import load_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist_digits.py"
@@ -23,10 +24,14 @@ def test_main_job_writes_figures_and_a_report(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv + ["--steps", "3", "--per-class", "4"])
     runpy.run_path(str(EXAMPLE), run_name="__main__")
 
-    for name in ("samples.png", "interpolate_1_7.png", "explore_code0.png", "digits.heads.safetensors"):
+    figures = ("samples.png", "interpolate_1_7.png", "edits_4.png", "explore_code0.png")
+    for name in (*figures, "digits.heads.safetensors"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
-    assert report["temperature"] == 0.6
+    assert report["temperature"] == 0.6 and report["classifier_noise"] == 1.0
+    heads = Heads.load(out / "digits.heads.safetensors")
+    assert list(heads.kinds) == ["ids", "attributes", "codes"]
+    assert heads.config.dataset == "mnist5k-morpho" and heads.config.classifier_noise == 1.0
     assert len(report["evaluator_accuracy_per_class"]) == 10
     assert 0.0 <= report["evaluator_accuracy"] <= 1.0
     div = report["diversity"]
