@@ -44,6 +44,11 @@ VARIANTS: dict[str, dict] = {
     "with-codes": {"plugins": ["ids", "attributes", "codes"]},
     "with-codes-classifier-noise": {"plugins": ["ids", "attributes", "codes"], "classifier_noise": 1.0},
     "batch-512": {"batch_size": 512},
+    "codes-8-classifier-noise": {
+        "plugins": ["ids", "attributes", "codes"],
+        "plugin_options": {"codes": {"n": 8}},
+        "classifier_noise": 1.0,
+    },
 }
 
 
