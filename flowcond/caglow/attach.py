@@ -42,7 +42,7 @@ from flowcond.caglow.losses import (
     supervision_losses,
     weighted_sum,
 )
-from flowcond.caglow.metrics import EXPLODING_FACTOR, LISTED, RULE, heads_metrics, plausible_norms
+from flowcond.caglow.metrics import EXPLODING_FACTOR, RULE, heads_metrics, left_out_report, plausible_norms
 from flowcond.caglow.shards import LatentRows
 from flowcond.conditions import ConditionKind
 from flowcond.datasets import ImageDataset, load_dataset
@@ -301,23 +301,19 @@ def _plausible_rows(z_all: LatentRows, train: ImageDataset) -> tuple[torch.Tenso
     15), and one such latent in a batch wrecks the heads' training; the rows left out are said on
     stderr and recorded in the summary. A ConfigError when none is left."""
     keep = plausible_norms(z_all.norms())
-    rows, dropped = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+    report = left_out_report(keep, "used")
     where = f"dataset {train.spec.get('name')!r} ({train.spec.get('split')})"
-    if len(rows) == 0:
+    if not keep.any():
         raise ConfigError(f"the backbone encodes no image of {where} to a plausible latent ({RULE})")
-    if len(dropped):
-        first = ", ".join(str(i) for i in dropped[:LISTED].tolist())
+    if report["left_out"]:
+        first = ", ".join(map(str, report["left_out_rows"]))
+        more = ", ..." if report["left_out"] > len(report["left_out_rows"]) else ""
         note(
-            f"attach: left out {len(dropped)} of {len(keep)} training latents of {where} "
-            f"(images {first}{', ...' if len(dropped) > LISTED else ''}): the backbone explodes on them "
+            f"attach: left out {report['left_out']} of {len(keep)} training latents of {where} "
+            f"(images {first}{more}): the backbone explodes on them "
             f"(norm > {EXPLODING_FACTOR:g}x the median)"
         )
-    return rows, {
-        "used": len(rows),
-        "left_out": len(dropped),
-        "left_out_rows": dropped[:LISTED].tolist(),
-        "rule": RULE,
-    }
+    return keep.nonzero().flatten(), report
 
 
 def _batch(

@@ -40,6 +40,18 @@ def plausible_norms(norms: torch.Tensor) -> torch.Tensor:
     return finite & (norms <= limit)
 
 
+def left_out_report(keep: torch.Tensor, kept_as: str) -> dict[str, Any]:
+    """What a :func:`plausible` mask left out, for a summary: ``{kept_as: count, "left_out",
+    "left_out_rows"`` (the first :data:`LISTED`), ``"rule"}``."""
+    left_out = (~keep).nonzero().flatten()
+    return {
+        kept_as: int(keep.sum()),
+        "left_out": len(left_out),
+        "left_out_rows": left_out[:LISTED].tolist(),
+        "rule": RULE,
+    }
+
+
 @torch.no_grad()
 def heads_metrics(
     heads: Heads, z: torch.Tensor, labels: dict, n_fake: int = 1000, seed: int = 1
@@ -50,16 +62,8 @@ def heads_metrics(
     heads.eval()
     g = torch.Generator().manual_seed(seed)
     keep = plausible(z)
-    left_out = (~keep).nonzero().flatten()
     z, labels = z[keep], {k: v[keep] for k, v in labels.items()}
-    out: dict[str, Any] = {
-        "real_latents": {
-            "evaluated": int(keep.sum()),
-            "left_out": len(left_out),
-            "left_out_rows": left_out[:LISTED].tolist(),
-            "rule": RULE,
-        }
-    }
+    out: dict[str, Any] = {"real_latents": left_out_report(keep, "evaluated")}
     d_real = torch.zeros(0, 1)
     if len(z):
         real_targets = {n: k.targets(labels) for n, k in heads.kinds.items() if k.supervised}
