@@ -39,15 +39,22 @@ def diversity(x: torch.Tensor, ids: torch.Tensor, classes: int) -> float:
 
 
 @torch.no_grad()
-def measure(heads: Heads, ev: Evaluator, per_class: int, T: float, prior: str, seed: int) -> dict:
+def measure(
+    heads: Heads, ev: Evaluator, per_class: int, T: float, prior: str, seed: int, check: bool = True
+) -> dict:
+    """Accuracy and diversity of ``per_class`` samples of every class; with ``check`` and an image
+    check in the heads, checked sampling (its report under ``check``)."""
     name = class_kind(heads)
     K = ev.config.n_outputs
     ids = torch.arange(K).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
     targets = heads.sample_targets(len(ids), {name: ids}, g, prior)
-    x = heads.decode(heads.generate(targets, T, g))
+    x, _, report = heads.checked(targets, T, g, [name] if check else [], prior)
     acc = float((ev.predict(x) == ids).float().mean())
-    return {"accuracy": acc, "diversity": diversity(x, ids, K)}
+    out = {"accuracy": acc, "diversity": diversity(x, ids, K)}
+    if report["checked"]:
+        out["check"] = report
+    return out
 
 
 def main() -> None:
@@ -60,6 +67,9 @@ def main() -> None:
     p.add_argument("--prior", choices=["joint", "independent"], default="joint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--no-check", dest="check", action="store_false", help="plain sampling even with an image check"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     ev = Evaluator.load(a.evaluator)
@@ -75,13 +85,13 @@ def main() -> None:
             print(f"real test images ({name}): within-class diversity {real:.2f} (pixels, L2)")
         for T in temps:
             t0 = time.perf_counter()
-            m = measure(heads, ev, a.per_class, T, a.prior, a.seed)
+            m = measure(heads, ev, a.per_class, T, a.prior, a.seed, a.check)
             ok = m["diversity"] >= RATIO * real and m["accuracy"] >= ACCURACY
             print(
                 f"{path} T={T:g} prior={a.prior}: accuracy {m['accuracy']:.3f}, diversity "
                 f"{m['diversity']:.2f} = {m['diversity'] / real:.2f}x real "
                 f"({'meets' if ok else 'misses'} >= {RATIO}x and >= {ACCURACY}; "
-                f"{time.perf_counter() - t0:.0f} s)",
+                f"{time.perf_counter() - t0:.0f} s)" + (f"; checked: {m['check']}" if "check" in m else ""),
                 flush=True,
             )
 

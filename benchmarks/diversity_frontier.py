@@ -49,6 +49,14 @@ VARIANTS: dict[str, dict] = {
         "plugin_options": {"codes": {"n": 8}},
         "classifier_noise": 1.0,
     },
+    "image-check": {"image_check": 2000},
+    "ids-only-image-check": {"plugins": ["ids"], "image_check": 2000},
+    "mode-seeking-1-image-check": {"lambdas": {"MS": 1.0}, "image_check": 2000},
+    "mode-seeking-1-image-check-codes": {
+        "plugins": ["ids", "attributes", "codes"],
+        "lambdas": {"MS": 1.0},
+        "image_check": 2000,
+    },
 }
 
 
@@ -93,7 +101,8 @@ def main() -> None:
                 rows.setdefault(name, []).append(m)
                 print(
                     f"{name} seed {seed}: accuracy {m['accuracy']:.3f}, diversity {m['diversity']:.2f} "
-                    f"({time.perf_counter() - t0:.0f} s)",
+                    f"({time.perf_counter() - t0:.0f} s)"
+                    + (f"; image check: {m['check']}" if "check" in m else ""),
                     flush=True,
                 )
     print("\n| variant | accuracy | diversity (pixels) | x real | seeds |\n|---|---:|---:|---:|---:|")

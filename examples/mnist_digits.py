@@ -3,13 +3,16 @@ explore.
 
     python examples/mnist_digits.py            # writes figures and digits.heads.safetensors to out/
 
-Attaches ``ids`` (the digit), ``attributes`` (thick, slanted, wide, tall: the Morpho-MNIST
-measures of ``mnist5k-morpho``, the same images) and two unsupervised ``codes`` to the shipped
-backbone (examples/backbones/glow_mnist5k.safetensors), with ``--classifier-noise 1`` (not in the
-paper: ``--classifier-noise 0`` gives the paper's losses). Samples of a digit get the attributes of
-a random training image of that digit (the joint prior). When present, the shipped evaluator
-(examples/evaluators/mnist5k_evaluator.safetensors) reports how often a digit generated with
-``ids=k`` is classified as ``k``; the report also says how varied the samples are.
+Attaches ``ids`` (the digit) and ``attributes`` (thick, slanted, wide, tall: the Morpho-MNIST
+measures of ``mnist5k-morpho``, the same images) to the shipped backbone
+(examples/backbones/glow_mnist5k.safetensors) with two options that are not in the paper:
+``--lambda MS`` (mode seeking, for varied samples) and ``--image-check`` (a small CNN that reads the
+digit back from each sample, so that sampling draws again the samples that show another digit).
+``--mode-seeking 0 --image-check 0`` gives the paper's losses and plain sampling. Samples of a
+digit get the attributes of a random training image of that digit (the joint prior). When present,
+the shipped evaluator (examples/evaluators/mnist5k_evaluator.safetensors) reports how often a
+digit generated with ``ids=k`` is classified as ``k``; the report also says how varied the samples
+are.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from flowcond.datasets import load_dataset
 from flowcond.io.images import save_grid
 
 HERE = Path(__file__).resolve().parent
+#: --lambda MS of the main job (README "The main job on the shipped backbone")
+MODE_SEEKING = 1.5
 
 
 def mean_pairwise_distance(x: torch.Tensor) -> float:
@@ -52,9 +57,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--classifier-noise", type=float, default=1.0, help="std of the noise C learns with (paper: 0)"
-    )
+    ap.add_argument("--mode-seeking", type=float, default=MODE_SEEKING, help="--lambda MS (paper: 0)")
+    ap.add_argument("--image-check", type=int, default=2000, help="image check steps (paper: 0, none)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,9 +67,10 @@ def main() -> None:
     heads, summary = attach(
         args.backbone,
         AttachConfig(
-            plugins=["ids", "attributes", "codes"],
+            plugins=["ids", "attributes"],
             dataset="mnist5k-morpho",
-            classifier_noise=args.classifier_noise,
+            lambdas={"MS": args.mode_seeking},
+            image_check=args.image_check,
             steps=args.steps,
             seed=args.seed,
         ),
@@ -74,7 +79,7 @@ def main() -> None:
     attach_s = time.perf_counter() - t0
     print(f"attach: {attach_s:.1f} s (latent encoding {summary['encode_seconds']:.1f} s)")
 
-    # one row per digit, 10 samples each, each with the attributes and codes of its own draw
+    # one row per digit, 10 samples each, each with the attributes of its own draw
     rows = [
         sample_rows(heads, {"ids": torch.tensor(k)}, 10, 1, args.temperature, args.seed + k)
         for k in range(10)
@@ -93,24 +98,26 @@ def main() -> None:
     edits = ["attributes=thick", "attributes=slanted", "attributes=wide"]
     imgs, labels = manipulate(heads, {"ids": torch.tensor(4)}, edits, 4, args.temperature, args.seed)
     save_grid(imgs, out / "edits_4.png", nrow=len(labels), col_labels=labels)
-    imgs, _ = explore(heads, 0, 9, 4, None, "codes", args.temperature)
-    save_grid(imgs, out / "explore_code0.png", nrow=9)
-    print(f"figures: {out}/samples.png, interpolate_1_7.png, edits_4.png, explore_code0.png")
+    imgs, _ = explore(heads, "thick", 9, 4, {"ids": torch.tensor(0)}, "attributes", args.temperature)
+    save_grid(imgs, out / "explore_thick.png", nrow=9)
+    print(f"figures: {out}/samples.png, interpolate_1_7.png, edits_4.png, explore_thick.png")
 
     report = {
         "attach_seconds": round(attach_s, 1),
         "temperature": args.temperature,
-        "classifier_noise": args.classifier_noise,
+        "mode_seeking": args.mode_seeking,
+        "image_check": summary.get("image_check"),
         "heads": summary["metrics"],
     }
     t1 = time.perf_counter()
     n = args.per_class * 10
     targets = {"ids": torch.arange(10).repeat_interleave(args.per_class)}
-    targets = heads.sample_targets(n, targets, torch.Generator().manual_seed(args.seed))
-    with torch.no_grad():
-        images = heads.decode(
-            heads.generate(targets, args.temperature, torch.Generator().manual_seed(args.seed))
-        )
+    g = torch.Generator().manual_seed(args.seed)
+    targets = heads.sample_targets(n, targets, g)
+    # checked sampling (with an image check): samples showing another digit are drawn again
+    images, targets, report["checked_sampling"] = heads.checked(
+        targets, args.temperature, g, ["ids"], "joint"
+    )
     report["sampling_images_per_second"] = round(n / (time.perf_counter() - t1), 1)
     real = load_dataset("mnist5k", "test")
     train = load_dataset("mnist5k", "train")

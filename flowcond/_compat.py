@@ -38,7 +38,7 @@ OLD_PATHS: dict[str, tuple[str, ...]] = {
     "flowcond.evaluator": (
         "flowcond.paper.evaluator",
         "flowcond.paper.train_evaluator",
-        "flowcond.paper.augment",
+        "flowcond.augment",
         "flowcond.paper.config",
     ),
     "flowcond.evaluate": (

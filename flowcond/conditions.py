@@ -208,6 +208,17 @@ class ConditionKind(ABC):
         """Named metrics of head outputs against targets (e.g. accuracy)."""
         return {}
 
+    def agrees(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """Per sample, whether the head's reading agrees with the target: a ``(B,)`` bool
+        tensor, or None when this kind cannot say. Checked sampling (``attach --image-check``)
+        redraws the samples whose image disagrees. Default: :meth:`predict` equals the target in
+        every component for integer targets (class ids); None for float targets (override it
+        with a tolerance of your own for regression kinds)."""
+        if targets.is_floating_point():
+            return None
+        n = targets.shape[0]
+        return (self.predict(head_out).reshape(n, -1) == targets.reshape(n, -1)).all(dim=1)
+
     def parse_error(self, value: str, why: str) -> ConfigError:
         """The ConfigError to raise for a malformed ``--condition`` value: names the plugin, the
         problem and the accepted form (:attr:`value_help`)."""

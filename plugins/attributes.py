@@ -137,6 +137,11 @@ class Attributes(ConditionKind):
         return list(self.state_dict_["names"])
 
     @property
+    def component_names(self) -> list[str]:
+        """The attribute names: ``explore --plugin attributes --code thick`` sweeps one."""
+        return self.names
+
+    @property
     def frequencies(self) -> torch.Tensor:
         """Per-attribute frequency of 'on' in the dataset (the prior)."""
         import torch

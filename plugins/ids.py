@@ -55,6 +55,11 @@ class Ids(ConditionKind):
     supervised = True
     label_kind = "categorical"
     value_help = "ids=3 (a class index) or ids=NAME (a class name, if the dataset names them)"
+    #: checked sampling keeps a sample when the image check gives the requested class at least
+    #: this probability (0.8 rather than the most probable class: on six heads on the shipped
+    #: MNIST backbone it raised the evaluator's accuracy of checked samples by 0.003-0.016 for
+    #: 0.01-0.09 px of within-class diversity)
+    agree_probability = 0.8
 
     @classmethod
     def from_dataset(cls, options: BaseModel | dict[str, Any] | None, dataset: Any) -> Ids:
@@ -160,6 +165,11 @@ class Ids(ConditionKind):
 
     def predict(self, head_out: torch.Tensor) -> torch.Tensor:
         return head_out.argmax(dim=-1)
+
+    def agrees(self, head_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The head gives the target class a probability of at least :attr:`agree_probability`."""
+        p = head_out.float().softmax(dim=-1)
+        return p.gather(1, targets.long().reshape(-1, 1)).squeeze(1) >= self.agree_probability
 
     def metrics(self, head_out: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         correct = self.predict(head_out) == targets.long().reshape(-1)

@@ -21,17 +21,22 @@ def test_main_job_writes_figures_and_a_report(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWCOND_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     argv = ["mnist_digits.py", "--backbone", str(tmp_path / "bb.safetensors"), "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", argv + ["--steps", "3", "--per-class", "4"])
+    monkeypatch.setattr(sys, "argv", argv + ["--steps", "3", "--per-class", "4", "--image-check", "20"])
     runpy.run_path(str(EXAMPLE), run_name="__main__")
 
-    figures = ("samples.png", "interpolate_1_7.png", "edits_4.png", "explore_code0.png")
+    figures = ("samples.png", "interpolate_1_7.png", "edits_4.png", "explore_thick.png")
     for name in (*figures, "digits.heads.safetensors"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
-    assert report["temperature"] == 0.6 and report["classifier_noise"] == 1.0
+    assert report["temperature"] == 0.6 and report["mode_seeking"] == 1.5
     heads = Heads.load(out / "digits.heads.safetensors")
-    assert list(heads.kinds) == ["ids", "attributes", "codes"]
-    assert heads.config.dataset == "mnist5k-morpho" and heads.config.classifier_noise == 1.0
+    assert list(heads.kinds) == ["ids", "attributes"]
+    assert heads.config.dataset == "mnist5k-morpho" and heads.config.lambdas.MS == 1.5
+    # the image check is in the heads file, and the report's samples were checked with it
+    assert heads.image_check is not None and report["image_check"]["steps"] == 20
+    checked = report["checked_sampling"]
+    assert checked["checked"] == ["ids"] and checked["samples"] == 40
+    assert 0.0 <= checked["agreeing_first"] <= 1.0
     assert len(report["evaluator_accuracy_per_class"]) == 10
     assert 0.0 <= report["evaluator_accuracy"] <= 1.0
     div = report["diversity"]

@@ -33,6 +33,7 @@ from flowcond import registry
 from flowcond.caglow.boundary import CHECK_HEAD, check_first_batch
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.heads import Heads, plugin_entries
+from flowcond.caglow.image_check import check_metrics, train_image_check
 from flowcond.caglow.label_table import LabelTable, note
 from flowcond.caglow.latents import LatentCache
 from flowcond.caglow.losses import (
@@ -207,7 +208,8 @@ def attach(
                 extra = {"attach_config": config.model_dump(), **binding}
                 save_checkpoint(ckpt, CHECKPOINT_KIND, {**state, **extra}, **parts)
         bar.close()
-    state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
+        state["skipped"], state["train_seconds"] = budget.skipped, clock.stop()
+        image_check = _train_image_check(heads, train, test, train_rows, g, progress)
     z_all.close()
 
     heads.eval()
@@ -223,6 +225,8 @@ def attach(
         "total_seconds": round(time.perf_counter() - t_start, 2),
         "metrics": metrics,
     }
+    if image_check is not None:
+        summary["image_check"] = image_check
     heads.save(
         out,
         backbone_path=_relative_backbone_path(backbone_path, out),
@@ -230,6 +234,31 @@ def attach(
         loss_weights=weights,
     )
     return heads, summary
+
+
+def _train_image_check(
+    heads: Heads,
+    train: ImageDataset,
+    test: ImageDataset,
+    rows: torch.Tensor,
+    g: torch.Generator,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """Train the heads' image check (``--image-check STEPS``) on the training images at ``rows``;
+    its steps, seconds and metrics on the first :data:`METRIC_ROWS` test images. None when the
+    heads have none."""
+    if heads.image_check is None:
+        return None
+    t0 = time.perf_counter()
+    steps = heads.config.image_check
+    train_image_check(
+        heads.image_check, heads.kinds, train, rows, steps, heads.config.batch_size, g, progress
+    )
+    seconds = time.perf_counter() - t0
+    n = min(len(test), METRIC_ROWS)
+    labels = {k: v[:n] for k, v in test.labels.items()}
+    test_metrics = check_metrics(heads.image_check, heads.kinds, test.images_at(slice(0, n)).float(), labels)
+    return {"steps": steps, "seconds": round(seconds, 2), "test": test_metrics}
 
 
 def _datasets(backbone: Backbone, config: AttachConfig) -> tuple[ImageDataset, ImageDataset]:

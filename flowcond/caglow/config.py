@@ -107,6 +107,14 @@ class AttachConfig(BaseModel):
         "from (not in the paper): a smoother classifier, harder for the encoder to satisfy with "
         "latents that decode to another class; 0: off",
     )
+    image_check: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="steps training the image check (not in the paper): a small CNN reading the "
+        "supervised conditions back from real training images, stored with the heads; sampling "
+        "then redraws the noise of samples whose image disagrees with a given condition; 0: none",
+    )
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate")
     beta1: float = Field(0.5, ge=0, lt=1)

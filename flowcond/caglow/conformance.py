@@ -63,8 +63,8 @@ def check_condition_kind(
     registration (a concrete subclass with a valid ``name``), options and state JSON round-trip
     and rebuild, ``value_range``, ``targets`` / ``sample_prior`` / ``parse`` / ``edit`` shapes and
     dtypes, ``format`` -> ``parse`` round-trip, input module and head widths, a finite 0-d loss
-    with a gradient, ``predict`` shape and dtype, finite ``metrics``, and a sample through the
-    heads. Returns the kind; a one-line PluginError at the first failure."""
+    with a gradient, ``predict`` shape and dtype, finite ``metrics``, ``agrees`` None or ``(B,)``
+    bool, and a sample through the heads. Returns the kind; a one-line PluginError at the first failure."""
     check_kind(kind_class, "check_condition_kind")
     if dataset is None:
         from flowcond.testing import tiny_image_dataset
@@ -110,6 +110,19 @@ def check_condition_kind(
         predicted = _call(kind, "predict()", kind.predict, head_out.detach())
         contract.check_targets(kind, predicted, b, "predict()")
         metrics = _call(kind, "metrics()", kind.metrics, head_out.detach(), targets)
+        agrees = _call(kind, "agrees()", kind.agrees, head_out.detach(), targets)
+    if agrees is not None and not (
+        isinstance(agrees, torch.Tensor) and agrees.dtype == torch.bool and tuple(agrees.shape) == (b,)
+    ):
+        got = (
+            f"{agrees.dtype} {tuple(agrees.shape)}"
+            if isinstance(agrees, torch.Tensor)
+            else type(agrees).__name__
+        )
+        raise PluginError(
+            f"condition plugin {name!r}: agrees() must return None or a bool tensor of shape "
+            f"({b},), got {got}"
+        )
     bad = {k: v for k, v in (metrics or {}).items() if not (isinstance(k, str) and _finite_number(v))}
     if not isinstance(metrics, dict) or bad:
         raise PluginError(

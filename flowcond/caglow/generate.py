@@ -179,17 +179,23 @@ def sample_rows(
     temperature: float = 0.8,
     seed: int = 0,
     prior: str = "joint",
+    check: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
     """``n`` samples where each row of ``per_row`` images shares its conditions (given ones fixed,
     others drawn once per row: from the training rows matching the given ones with ``prior="joint"``,
-    else from their own priors). Returns images, targets and a label per row."""
+    else from their own priors). With ``check`` and an image check in the heads, samples whose
+    image disagrees with a given condition are redrawn (:meth:`Heads.checked`). Returns images,
+    targets and a label per row."""
     check_counts(temperature, seed, n=n, per_row=per_row)
     g = torch.Generator().manual_seed(seed)
     rows = -(-n // per_row)
     row_targets = heads.sample_targets(rows, given, g, prior)
     targets = {k: v.repeat_interleave(per_row, 0)[:n] for k, v in row_targets.items()}
-    images = heads.decode(heads.generate(targets, temperature, g))
+    # one sample per row: a redrawn sample draws its other conditions again too
+    redraw = prior if per_row == 1 else None
+    images, targets, _ = heads.checked(targets, temperature, g, list(given) if check else [], redraw)
     labels = [
-        " ".join(f"{k}={heads.kinds[k].format(v[r])}" for k, v in row_targets.items()) for r in range(rows)
+        " ".join(f"{k}={heads.kinds[k].format(v[r * per_row])}" for k, v in targets.items())
+        for r in range(rows)
     ]
     return images, targets, labels

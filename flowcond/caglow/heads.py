@@ -20,6 +20,7 @@ from torch import nn
 from flowcond import contract, registry
 from flowcond.caglow.config import AttachConfig
 from flowcond.caglow.encoder import Encoder
+from flowcond.caglow.image_check import ImageCheck, checked_images
 from flowcond.caglow.label_table import PRIORS, LabelTable, joint_targets, table_specs
 from flowcond.caglow.providers import plugin_entries, resolve_kind
 from flowcond.caglow.supervision import SupervisionBlock
@@ -62,6 +63,11 @@ class Heads(nn.Module):
             config.noise_dim,
             config.residual_noise,
             backbone.spatial_shape,
+        )
+        supervised = {n: k.head_dim for n, k in self.kinds.items() if k.supervised}
+        #: the image check of checked sampling (attach --image-check), None without one
+        self.image_check = (
+            ImageCheck(backbone.image_shape, supervised) if config.image_check and supervised else None
         )
         self.supervision = SupervisionBlock(
             backbone.latent_dim,
@@ -201,10 +207,13 @@ class Heads(nn.Module):
         n: int = 16,
         temperature: float = 0.8,
         seed: int | None = None,
+        check: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``n`` images ``x = F^-1(E(c, eps))`` for the given conditions (others from their priors).
 
         ``conditions`` is ``{"ids": tensor(7)}`` or ``["ids=7"]``. Returns (images, targets).
+        With ``check`` and an image check in the heads (``attach --image-check``), samples whose
+        image disagrees with a given condition are redrawn (:mod:`flowcond.caglow.image_check`).
         ``n >= 1``, ``temperature`` finite in ``[0, MAX_TEMPERATURE]``, ``seed`` in
         ``[0, 2**63 - 1]``: anything else is a :class:`ConfigError`.
         """
@@ -221,7 +230,23 @@ class Heads(nn.Module):
             conditions = self.parse_conditions(list(conditions))
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         targets = self.sample_targets(n, conditions, g)
-        return self.decode(self.generate(targets, temperature, g)), targets
+        images, targets, _ = self.checked(
+            targets, temperature, g, list(conditions or {}) if check else [], "joint"
+        )
+        return images, targets
+
+    def checked(
+        self,
+        targets: Mapping[str, torch.Tensor],
+        temperature: float,
+        generator: torch.Generator | None,
+        given: Sequence[str],
+        prior: str | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """Images for ``targets``; with an image check, those disagreeing with a ``given`` kind
+        drawn again (with ``prior``, their other conditions too). Returns images, targets and the
+        check's report (:func:`~flowcond.caglow.image_check.checked_images`)."""
+        return checked_images(self, targets, temperature, generator, given, prior)
 
     # -------------------------------------------------------------------- files
     def head_weights(self) -> dict[str, torch.Tensor]:

@@ -134,8 +134,15 @@ _common = options(
     help="Number of images (held in memory at once: a request that does not fit is refused).",
 )
 @click.option("--out", required=True, help="Output .png (labelled grid) or .npz (images + conditions).")
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="With heads attached with --image-check: redraw samples whose image the check reads as "
+    "disagreeing with a --condition.",
+)
 @_common
-def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, force, prior):
+def sample_cmd(heads_path, conditions, n, out, check, temperature, seed, backbone, force, prior):
     """Generate images x = F^-1(E(c, eps)) for the given conditions."""
     from flowcond.caglow import generate
     from flowcond.io.images import check_finite_images, save_grid
@@ -145,7 +152,7 @@ def sample_cmd(heads_path, conditions, n, out, temperature, seed, backbone, forc
     per_row = max(1, int(math.sqrt(n)))
     _check_size(heads, n, per_row, "--n", png=path.suffix.lower() == ".png")
     given = heads.parse_conditions(list(conditions))
-    images, targets, labels = generate.sample_rows(heads, given, n, per_row, temperature, seed, prior)
+    images, targets, labels = generate.sample_rows(heads, given, n, per_row, temperature, seed, prior, check)
     check_finite_images(images)
     if path.suffix.lower() == ".npz":
         arrays = {"images": images.float().numpy()}

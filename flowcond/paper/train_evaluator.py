@@ -3,7 +3,7 @@
 Reads top to bottom: validate the options, pick the label field, then :func:`_fit`: AdamW with a
 linear warmup then cosine decay of the learning rate, each batch augmented with a random shift (up
 to ``shift`` pixels), rotation (up to ``rotate`` degrees) and zoom (``1 +- scale``), zero fill
-(:mod:`flowcond.paper.augment`); test accuracy after each epoch. Rotation and zoom default to 10
+(:mod:`flowcond.augment`); test accuracy after each epoch. Rotation and zoom default to 10
 degrees and 10 % for class labels and to off for binary attributes, which they could change
 (slant, thickness, width, height).
 
@@ -23,10 +23,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from flowcond.augment import random_affine
 from flowcond.datasets import ImageDataset, load_dataset
 from flowcond.errors import ConfigError, validation_message
 from flowcond.io.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from flowcond.paper.augment import random_affine
 from flowcond.paper.config import EvaluatorConfig, EvaluatorTrainConfig
 from flowcond.paper.evaluator import Evaluator, EvaluatorNet
 from flowcond.training import (

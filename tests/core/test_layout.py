@@ -24,6 +24,7 @@ LAYERS = {
     "datasets": 2,
     "training": 3,
     "distributed": 3,
+    "augment": 3,
     "flow": 4,
     "caglow": 5,
     "paper": 6,

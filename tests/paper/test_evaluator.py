@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from flowcond.augment import random_affine, random_shift
 from flowcond.datasets import ImageDataset, LabelField
 from flowcond.errors import ConfigError, FileFormatError
 from flowcond.io import safefile
-from flowcond.paper.augment import random_affine, random_shift
 from flowcond.paper.evaluator import Evaluator, EvaluatorConfig, EvaluatorNet
 from flowcond.paper.train_evaluator import train_evaluator
 

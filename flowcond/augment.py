@@ -1,4 +1,4 @@
-"""Random image augmentation for training the evaluator: integer shifts, or shift + rotation + zoom."""
+"""Random image augmentation (the evaluator, the image check): integer shifts, or shift + rotation + zoom."""
 
 from __future__ import annotations
 
