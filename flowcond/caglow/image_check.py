@@ -24,8 +24,7 @@ from torch import nn
 from flowcond.augment import random_affine
 from flowcond.caglow.label_table import note
 from flowcond.conditions import ConditionKind
-from flowcond.errors import ConfigError
-from flowcond.training import progress_bar
+from flowcond.training import SkipBudget, optimizer_step, progress_bar
 
 #: redraws of a sample's noise before checked sampling keeps its last draw (and says so)
 ROUNDS = 10
@@ -81,7 +80,7 @@ class ImageCheck(nn.Module):
 
 def checkable(heads: Any, names: Sequence[str]) -> list[str]:
     """Of ``names``, the kinds the heads' image check has a head for (supervised kinds)."""
-    check = getattr(heads, "image_check", None)
+    check = heads.image_check
     return [n for n in names if check is not None and n in check.heads]
 
 
@@ -97,9 +96,14 @@ def train_image_check(
 ) -> None:
     """Train ``check`` on the images at ``rows`` of ``dataset`` with each supervised kind's loss
     (weighted by its ``loss_weight``), Adam, random shifts up to 1/16 of the image side, rotations
-    up to 10 degrees and zooms of up to 10 %."""
+    up to 10 degrees and zooms of up to 10 %; non-finite steps are skipped (more than a tenth of
+    them: FlowcondError)."""
     shift = max(1, dataset.image_shape[-1] // 16)
-    opt = torch.optim.Adam(check.parameters(), lr=1e-3)
+    params = list(check.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    budget = SkipBudget(
+        max(10, steps // 10), lambda n: f"training the image check diverged: {n} non-finite steps"
+    )
     check.train()
     bar = progress_bar(steps, "image check", progress)
     for step in range(steps):
@@ -111,11 +115,9 @@ def train_image_check(
         loss = sum(
             kinds[n].loss_weight * kinds[n].loss(out[n], kinds[n].targets(labels)) for n in check.heads
         )
-        if not torch.isfinite(loss):
-            raise ConfigError(f"training the image check diverged at step {step} (loss {float(loss)})")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if not optimizer_step(loss, opt, params):
+            budget.skip()
+            continue
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
@@ -128,11 +130,13 @@ def check_metrics(
     kinds: Mapping[str, ConditionKind],
     images: torch.Tensor,
     labels: Mapping[str, torch.Tensor],
+    batch_size: int = 256,
 ) -> dict[str, dict[str, float]]:
     """Each kind's :meth:`~ConditionKind.metrics` of the check on real (test) images, and the
     fraction of them it reads as agreeing with their own labels."""
     check.eval()
-    out = check(images)
+    parts = [check(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    out = {name: torch.cat([p[name] for p in parts]) for name in check.heads}
     metrics = {}
     for name in check.heads:
         targets = kinds[name].targets(dict(labels))

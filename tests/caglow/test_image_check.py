@@ -172,3 +172,19 @@ def test_cli_attach_with_image_check_and_sample_without(backbone_file, tmp_path)
         )
         assert r.exit_code == 0, r.output
         assert png.is_file()
+
+
+def test_non_finite_steps_of_the_image_check_are_skipped_then_refused(monkeypatch):
+    from flowcond.caglow.image_check import train_image_check
+    from flowcond.errors import FlowcondError
+
+    ds = load_dataset("digits", "train")
+    kind = registry.get_condition_kind("ids").from_dataset(None, ds)
+    monkeypatch.setattr(type(kind), "loss", lambda self, out, targets: out.sum() * float("nan"))
+    check = ImageCheck((1, 8, 8), {"ids": kind.head_dim})
+    before = {k: v.clone() for k, v in check.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(FlowcondError, match="image check diverged: 11 non-finite steps"):
+        train_image_check(check, {"ids": kind}, ds, torch.arange(len(ds)), 20, 8, g, progress=False)
+    # no skipped step touched the weights
+    assert all(torch.equal(v, check.state_dict()[k]) for k, v in before.items())
