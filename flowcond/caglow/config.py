@@ -113,7 +113,8 @@ class AttachConfig(BaseModel):
         le=1_000_000,
         description="steps training the image check (not in the paper): a small CNN reading the "
         "supervised conditions back from real training images, stored with the heads; sampling "
-        "then redraws the noise of samples whose image disagrees with a given condition; 0: none",
+        "then draws again (noise, and un-given conditions unless a row shares them) the samples "
+        "whose image disagrees with a given condition; 0: none",
     )
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-4, gt=0, le=1.0, description="Adam learning rate")
