@@ -49,14 +49,17 @@ VARIANTS: dict[str, dict] = {
         "plugin_options": {"codes": {"n": 8}},
         "classifier_noise": 1.0,
     },
-    "image-check": {"image_check": 2000},
-    "ids-only-image-check": {"plugins": ["ids"], "image_check": 2000},
-    "mode-seeking-1-image-check": {"lambdas": {"MS": 1.0}, "image_check": 2000},
+    "image-check": {"image_check": 500},
+    "ids-only-image-check": {"plugins": ["ids"], "image_check": 500},
+    "mode-seeking-1-image-check": {"lambdas": {"MS": 1.0}, "image_check": 500},
     "mode-seeking-1-image-check-codes": {
         "plugins": ["ids", "attributes", "codes"],
         "lambdas": {"MS": 1.0},
-        "image_check": 2000,
+        "image_check": 500,
     },
+    # the main job's heads, and the same without the attributes
+    "main-job": {"lambdas": {"MS": 1.5}, "image_check": 500},
+    "ids-only-main-job": {"plugins": ["ids"], "lambdas": {"MS": 1.5}, "image_check": 500},
 }
 
 
@@ -75,6 +78,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (every run)")
+    p.add_argument("--keep", default=None, help="folder to keep the heads files in (default: none kept)")
     a = p.parse_args()
     torch.set_num_threads(1)
     variants = {name: VARIANTS[name] for name in a.variants.split(",") if name}
@@ -91,10 +95,12 @@ def main() -> None:
     )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(a.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for name, options in variants.items():
             for seed in seeds:
                 cfg = {"plugins": ["ids", "attributes"], "dataset": "mnist5k-morpho", "seed": seed, **options}
-                out = Path(tmp) / f"{name}-{seed}.heads.safetensors"
+                out = folder / f"{name}-{seed}.heads.safetensors"
                 t0 = time.perf_counter()
                 attach(a.backbone, AttachConfig(**cfg), out, progress=False)
                 m = measure(Heads.load(out), ev, a.per_class, a.temperature, "joint", a.sample_seed)

@@ -6,8 +6,9 @@ explore.
 Attaches ``ids`` (the digit) and ``attributes`` (thick, slanted, wide, tall: the Morpho-MNIST
 measures of ``mnist5k-morpho``, the same images) to the shipped backbone
 (examples/backbones/glow_mnist5k.safetensors) with two options that are not in the paper:
-``--lambda MS`` (mode seeking, for varied samples) and ``--image-check`` (a small CNN that reads the
-digit back from each sample, so that sampling draws again the samples that show another digit).
+``--lambda MS`` (mode seeking, for varied samples) and ``--image-check`` (a CNN of the evaluator's kind,
+trained on the training images, that reads the digit back from each sample, so that sampling draws
+again the samples that show another digit).
 ``--mode-seeking 0 --image-check 0`` gives the paper's losses and plain sampling. Samples of a
 digit get the attributes of a random training image of that digit (the joint prior). When present,
 the shipped evaluator (examples/evaluators/mnist5k_evaluator.safetensors) reports how often a
@@ -32,6 +33,8 @@ from flowcond.io.images import save_grid
 HERE = Path(__file__).resolve().parent
 #: --lambda MS of the main job (README "The main job on the shipped backbone")
 MODE_SEEKING = 1.5
+#: steps training the image check (attach --image-check)
+IMAGE_CHECK = 500
 
 
 def mean_pairwise_distance(x: torch.Tensor) -> float:
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mode-seeking", type=float, default=MODE_SEEKING, help="--lambda MS (paper: 0)")
-    ap.add_argument("--image-check", type=int, default=2000, help="image check steps (paper: 0, none)")
+    ap.add_argument("--image-check", type=int, default=IMAGE_CHECK, help="image check steps (paper: 0, none)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -231,3 +231,15 @@ def check_labels(dataset: ImageDataset) -> None:
                 f"dataset {dataset.spec.get('name')!r} ({dataset.spec.get('split')} split): labels "
                 f"of field {name!r} ({field.kind}, size {field.size}) {problem}"
             )
+
+
+def warmup_cosine(total: int, warmup_frac: float = 0.15) -> Callable[[int], float]:
+    """Learning-rate factor: linear warmup over ``warmup_frac`` of the steps, then cosine to 0."""
+    warmup = max(1, round(warmup_frac * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor

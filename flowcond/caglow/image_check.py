@@ -3,9 +3,9 @@
 Not in the paper. The encoder learns from the latent classifier ``C`` of the supervision block,
 which reads the flow's latents less reliably than a CNN reads the images (the shipped MNIST
 backbone: 82 % of the real test latents against 98 % of the images), so some generated latents
-satisfy ``C`` and decode to another class. ``attach --image-check STEPS`` trains this CNN on the
-real training images (random shifts, rotations and zooms), one head per supervised kind with the
-kind's own width and loss; it is stored in the heads file. Checked sampling
+satisfy ``C`` and decode to another class. ``attach --image-check STEPS`` trains this CNN (the
+evaluator's kind of network, trained the same way) on the real training images, one head per
+supervised kind with the kind's own width and loss; it is stored in the heads file. Checked sampling
 (:func:`checked_images`) then redraws the noise of every sample whose image the check reads as
 disagreeing with a given condition (:meth:`ConditionKind.agrees`), and the conditions that were
 not given unless a row of samples shares them, at most ``rounds`` times, and says how many it
@@ -24,37 +24,37 @@ from torch import nn
 from flowcond.augment import random_affine
 from flowcond.caglow.label_table import note
 from flowcond.conditions import ConditionKind
-from flowcond.training import SkipBudget, optimizer_step, progress_bar
+from flowcond.convnet import POOLED, conv_blocks
+from flowcond.training import SkipBudget, optimizer_step, progress_bar, warmup_cosine
 
 #: redraws of a sample's noise before checked sampling keeps its last draw (and says so)
 ROUNDS = 10
-#: the trunk's feature map is pooled to this size, so the heads have the same width for any image
-POOLED = 8
+#: channels of the check's conv blocks and width of its feature layer (those of the evaluator)
+WIDTHS, FEATURES = (32, 64, 128), 128
+#: the check's peak learning rate and weight decay (AdamW; those of the evaluator)
+LR, WEIGHT_DECAY = 3e-3, 5e-4
 
 
 class ImageCheck(nn.Module):
-    """Two stride-2 convolutions, pooled to 8x8, dropout, then a linear head per supervised kind."""
+    """The evaluator's kind of network (:func:`~flowcond.convnet.conv_blocks`, a fully connected
+    feature layer, dropout) with one linear head per supervised kind."""
 
     def __init__(
-        self, image_shape: tuple[int, int, int], head_dims: Mapping[str, int], width: int = 32
+        self,
+        image_shape: tuple[int, int, int],
+        head_dims: Mapping[str, int],
+        widths: Sequence[int] = WIDTHS,
+        feature_dim: int = FEATURES,
     ) -> None:
         super().__init__()
-        c = image_shape[0]
-        self.trunk = nn.Sequential(
-            nn.Conv2d(c, width, 5, stride=2, padding=2),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 5, stride=2, padding=2),
-            nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(POOLED),
-            nn.Flatten(),
-            nn.Dropout(0.3),
-        )
-        features = 2 * width * POOLED * POOLED
-        self.heads = nn.ModuleDict({name: nn.Linear(features, d) for name, d in head_dims.items()})
+        self.conv, c = conv_blocks(image_shape[0], min(image_shape[1:]), widths)
+        self.fc = nn.Linear(c * POOLED * POOLED, feature_dim)
+        self.dropout = nn.Dropout(0.3)
+        self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, d) for name, d in head_dims.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images ``(B, C, H, W)`` in ``[0, 1]`` -> ``{kind: head output}``."""
-        f = self.trunk(x)
+        f = self.dropout(torch.relu(self.fc(self.conv(x).flatten(1))))
         return {name: head(f) for name, head in self.heads.items()}
 
     @torch.no_grad()
@@ -66,8 +66,14 @@ class ImageCheck(nn.Module):
         names: Sequence[str],
     ) -> torch.Tensor:
         """``(B,)`` bool: the images that agree with their targets for every kind in ``names``
-        (kinds whose :meth:`~ConditionKind.agrees` says None, or that have no head, are not read)."""
-        out = self(x)
+        (kinds whose :meth:`~ConditionKind.agrees` says None, or that have no head, are not read).
+        Reads in eval mode (batch norm's running statistics, no dropout)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(x)
+        finally:
+            self.train(was_training)
         ok = torch.ones(len(x), dtype=torch.bool)
         for name in names:
             if name not in out:
@@ -95,12 +101,14 @@ def train_image_check(
     progress: bool = True,
 ) -> None:
     """Train ``check`` on the images at ``rows`` of ``dataset`` with each supervised kind's loss
-    (weighted by its ``loss_weight``), Adam, random shifts up to 1/16 of the image side, rotations
-    up to 10 degrees and zooms of up to 10 %; non-finite steps are skipped (more than a tenth of
-    them: FlowcondError)."""
+    (weighted by its ``loss_weight``) as the evaluator is trained: AdamW (learning rate
+    :data:`LR`, linear warmup then cosine decay), random shifts up to 1/16 of the image side,
+    rotations up to 10 degrees and zooms of up to 10 %; non-finite steps are skipped (more than a
+    tenth of them: FlowcondError)."""
     shift = max(1, dataset.image_shape[-1] // 16)
     params = list(check.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+    lr_factor = warmup_cosine(steps)
     budget = SkipBudget(
         max(10, steps // 10), lambda n: f"training the image check diverged: {n} non-finite steps"
     )
@@ -108,6 +116,8 @@ def train_image_check(
     bar = progress_bar(steps, "image check", progress)
     for step in range(steps):
         bar.update()
+        for group in opt.param_groups:
+            group["lr"] = LR * lr_factor(step)
         idx = rows[torch.randint(len(rows), (batch_size,), generator=generator)]
         x = random_affine(dataset.images_at(idx).float(), shift, 10.0, 0.1, generator)
         labels = {k: v[idx] for k, v in dataset.labels.items()}

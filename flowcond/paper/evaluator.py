@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from flowcond.convnet import POOLED, conv_blocks
 from flowcond.errors import ConfigError, FileFormatError, validation_message
 from flowcond.io import safefile
 from flowcond.paper.config import EvaluatorConfig
@@ -43,21 +44,8 @@ class EvaluatorNet(nn.Module):
 
     def __init__(self, cfg: EvaluatorConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c, size = cfg.channels, min(cfg.height, cfg.width)
-        for w in cfg.widths:
-            layers += [
-                nn.Conv2d(c, w, 3, padding=1, bias=False),
-                nn.BatchNorm2d(w),
-                nn.ReLU(inplace=True),
-            ]
-            if size >= 8:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            c = w
-        layers.append(nn.AdaptiveAvgPool2d(4))
-        self.conv = nn.Sequential(*layers)
-        self.fc = nn.Linear(c * 16, cfg.feature_dim)
+        self.conv, c = conv_blocks(cfg.channels, min(cfg.height, cfg.width), cfg.widths)
+        self.fc = nn.Linear(c * POOLED * POOLED, cfg.feature_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.feature_dim, cfg.n_outputs)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from flowcond.training import (
     refuse_changes,
     refuse_shorter,
     torch_threads,
+    warmup_cosine,
 )
 
 CHECKPOINT_KIND = "evaluator-checkpoint"
@@ -156,7 +156,7 @@ def _fit(
         total_steps = min(total_steps, cfg.max_steps)
     params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_factor = _warmup_cosine(total_steps)
+    lr_factor = warmup_cosine(total_steps)
     loss_fn = nn.CrossEntropyLoss() if kind == "categorical" else nn.BCEWithLogitsLoss()
     # dropout draws from torch's global generator: it is part of an exact resume
     parts: dict[str, Any] = {
@@ -236,18 +236,6 @@ def _targets(ds: ImageDataset, label: str) -> torch.Tensor:
     field = ds.schema[label]
     t = ds.labels[label]
     return t.long() if field.kind == "categorical" else t.float()
-
-
-def _warmup_cosine(total: int, warmup_frac: float = 0.15) -> Callable[[int], float]:
-    """Learning-rate factor: linear warmup over ``warmup_frac`` of the steps, then cosine to 0."""
-    warmup = max(1, round(warmup_frac * total))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return factor
 
 
 def _score(net: EvaluatorNet, kind: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:

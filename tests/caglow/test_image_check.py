@@ -182,9 +182,25 @@ def test_non_finite_steps_of_the_image_check_are_skipped_then_refused(monkeypatc
     kind = registry.get_condition_kind("ids").from_dataset(None, ds)
     monkeypatch.setattr(type(kind), "loss", lambda self, out, targets: out.sum() * float("nan"))
     check = ImageCheck((1, 8, 8), {"ids": kind.head_dim})
-    before = {k: v.clone() for k, v in check.state_dict().items()}
+    before = {k: v.clone() for k, v in check.named_parameters()}
     g = torch.Generator().manual_seed(0)
     with pytest.raises(FlowcondError, match="image check diverged: 11 non-finite steps"):
         train_image_check(check, {"ids": kind}, ds, torch.arange(len(ds)), 20, 8, g, progress=False)
-    # no skipped step touched the weights
-    assert all(torch.equal(v, check.state_dict()[k]) for k, v in before.items())
+    # no skipped step touched the weights (batch norm's running statistics did see the batches)
+    assert all(torch.equal(v, dict(check.named_parameters())[k]) for k, v in before.items())
+    assert all(torch.isfinite(b).all() for b in check.buffers())
+
+
+def test_the_check_reads_in_eval_mode_and_keeps_the_callers_mode(checked_heads):
+    heads = Heads.load(checked_heads[0])
+    check = heads.image_check
+    x = load_dataset("digits", "test").images[:64].float()
+    targets = {"ids": load_dataset("digits", "test").labels["digit"][:64]}
+    check.eval()
+    expected = check.agreement(heads.kinds, x, targets, ["ids"])
+    running = check.conv[1].running_mean.clone()
+    check.train()  # e.g. heads sampled while still training: batch norm and dropout would change it
+    for _ in range(3):
+        assert torch.equal(check.agreement(heads.kinds, x, targets, ["ids"]), expected)
+    assert check.training  # the caller's mode is given back
+    assert torch.equal(check.conv[1].running_mean, running)  # reading does not update statistics

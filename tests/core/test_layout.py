@@ -25,6 +25,7 @@ LAYERS = {
     "training": 3,
     "distributed": 3,
     "augment": 3,
+    "convnet": 3,
     "flow": 4,
     "caglow": 5,
     "paper": 6,
