@@ -24,7 +24,7 @@ from torch import nn
 from flowcond.augment import random_affine
 from flowcond.caglow.label_table import note
 from flowcond.conditions import ConditionKind
-from flowcond.convnet import POOLED, conv_blocks
+from flowcond.convnet import ConvFeatures
 from flowcond.training import SkipBudget, optimizer_step, progress_bar, warmup_cosine
 
 #: redraws of a sample's noise before checked sampling keeps its last draw (and says so)
@@ -35,9 +35,9 @@ WIDTHS, FEATURES = (32, 64, 128), 128
 LR, WEIGHT_DECAY = 3e-3, 5e-4
 
 
-class ImageCheck(nn.Module):
-    """The evaluator's kind of network (:func:`~flowcond.convnet.conv_blocks`, a fully connected
-    feature layer, dropout) with one linear head per supervised kind."""
+class ImageCheck(ConvFeatures):
+    """The evaluator's kind of network (:class:`~flowcond.convnet.ConvFeatures`, dropout) with one
+    linear head per supervised kind."""
 
     def __init__(
         self,
@@ -46,15 +46,13 @@ class ImageCheck(nn.Module):
         widths: Sequence[int] = WIDTHS,
         feature_dim: int = FEATURES,
     ) -> None:
-        super().__init__()
-        self.conv, c = conv_blocks(image_shape[0], min(image_shape[1:]), widths)
-        self.fc = nn.Linear(c * POOLED * POOLED, feature_dim)
+        super().__init__(image_shape[0], min(image_shape[1:]), widths, feature_dim)
         self.dropout = nn.Dropout(0.3)
         self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, d) for name, d in head_dims.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images ``(B, C, H, W)`` in ``[0, 1]`` -> ``{kind: head output}``."""
-        f = self.dropout(torch.relu(self.fc(self.conv(x).flatten(1))))
+        f = self.dropout(self.features(x))
         return {name: head(f) for name, head in self.heads.items()}
 
     @torch.no_grad()

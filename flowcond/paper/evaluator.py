@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import ValidationError
 
-from flowcond.convnet import POOLED, conv_blocks
+from flowcond.convnet import ConvFeatures
 from flowcond.errors import ConfigError, FileFormatError, validation_message
 from flowcond.io import safefile
 from flowcond.paper.config import EvaluatorConfig
@@ -39,18 +38,13 @@ __all__ = ["KIND", "Evaluator", "EvaluatorConfig", "EvaluatorNet"]
 KIND = "evaluator"
 
 
-class EvaluatorNet(nn.Module):
+class EvaluatorNet(ConvFeatures):
     """conv blocks -> adaptive pool 4x4 -> FC ``feature_dim`` (features) -> linear head."""
 
     def __init__(self, cfg: EvaluatorConfig) -> None:
-        super().__init__()
-        self.conv, c = conv_blocks(cfg.channels, min(cfg.height, cfg.width), cfg.widths)
-        self.fc = nn.Linear(c * POOLED * POOLED, cfg.feature_dim)
+        super().__init__(cfg.channels, min(cfg.height, cfg.width), cfg.widths, cfg.feature_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.feature_dim, cfg.n_outputs)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fc(self.conv(x).flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
