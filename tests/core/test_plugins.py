@@ -276,6 +276,24 @@ def test_plugins_command_lists_builtins_only_with_all(flowcond_cli):
     assert "mnist5k" in listed["datasets"]["datasets"] and listed["datasets"]["conditions"] == []
 
 
+class _Codes2:
+    """A second plugin registering the condition kind name ``codes``."""
+
+    @hookimpl
+    def register_conditions(self, register):
+        register(Codes)
+
+
+def test_plugins_command_lists_an_ambiguous_name_by_the_name_a_command_takes(flowcond_plugins, flowcond_cli):
+    flowcond_plugins.register(_Codes2(), "codes-again", shadow=False)
+    listed = {p["name"]: p for p in json.loads(flowcond_cli("plugins", "--all").stdout)}
+    # neither provider keeps "codes": each is listed by its qualified name, which commands accept
+    assert listed["codes"]["conditions"] == ["flowcond:codes"]
+    assert listed["codes-again"]["conditions"] == ["codes-again:codes"]
+    assert registry.find_condition_kind("codes-again:codes").plugin == "codes-again"
+    assert listed["ids"]["conditions"] == ["ids"]  # unambiguous names stay plain
+
+
 def test_plugins_dir(flowcond_plugins, flowcond_cli, tmp_path):
     folder = tmp_path / "myplugins"
     folder.mkdir()
