@@ -111,8 +111,8 @@ class AttachConfig(BaseModel):
         0,
         ge=0,
         le=1_000_000,
-        description="steps training the image check (not in the paper): a small CNN reading the "
-        "supervised conditions back from real training images, stored with the heads; sampling "
+        description="steps training the image check (not in the paper): a CNN of the evaluator's kind "
+        "reading the supervised conditions back from real training images, stored with the heads; sampling "
         "then draws again (noise, and un-given conditions unless a row shares them) the samples "
         "whose image disagrees with a given condition; 0: none",
     )

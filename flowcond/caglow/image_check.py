@@ -1,4 +1,4 @@
-"""The image check: a small CNN that reads the supervised conditions back from generated images.
+"""The image check: a CNN that reads the supervised conditions back from generated images.
 
 Not in the paper. The encoder learns from the latent classifier ``C`` of the supervision block,
 which reads the flow's latents less reliably than a CNN reads the images (the shipped MNIST

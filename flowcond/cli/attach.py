@@ -73,13 +73,7 @@ def plugin_options(items: tuple[str, ...]) -> dict[str, dict[str, object]]:
     "the plugin's loss_weight, 1 unless it declares one).",
 )
 @model_option(AttachConfig, "classifier_noise")
-@model_option(
-    AttachConfig,
-    "image_check",
-    help="Steps training an image check (a small CNN reading the supervised conditions back from "
-    "the training images; not in the paper); sampling then redraws samples whose image disagrees "
-    "with a given condition. 0: none.",
-)
+@model_option(AttachConfig, "image_check")
 @model_option(AttachConfig, "seed")
 @model_option(AttachConfig, "threads", help="torch CPU threads for the training loop.")
 @device_option(help="Where the backbone encodes the dataset: auto (cuda if available), cpu, cuda, cuda:N.")
